@@ -1,0 +1,3 @@
+#!/bin/sh
+# No service may start while the image is built.
+exit 101
