@@ -1,0 +1,65 @@
+"""The collection builds, installs, and resolves from a plain checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_galaxy_metadata():
+    meta = yaml.safe_load((ROOT / "galaxy.yml").read_text())
+    assert (meta["namespace"], meta["name"], meta["version"]) == (
+        "multicloud",
+        "migration",
+        "0.1.0",
+    )
+    assert meta["license"] == ["GPL-3.0-or-later"]
+    runtime = yaml.safe_load((ROOT / "meta/runtime.yml").read_text())
+    assert runtime["requires_ansible"] == ">=2.17.0"
+    assert "GNU GENERAL PUBLIC LICENSE" in (ROOT / "LICENSE").read_text()[:200]
+
+
+def test_checkout_resolves_as_the_collection():
+    link = ROOT / "collections/ansible_collections/multicloud/migration"
+    assert link.is_symlink()
+    assert link.resolve() == ROOT
+
+
+def test_build_and_install(tmp_path):
+    build = subprocess.run(
+        [BIN / "ansible-galaxy", "collection", "build", "--output-path", tmp_path, ROOT],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    tarball = tmp_path / "multicloud-migration-0.1.0.tar.gz"
+    assert tarball.exists()
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert "galaxy.yml" not in names  # the build writes MANIFEST.json instead
+    assert {"MANIFEST.json", "FILES.json", "meta/runtime.yml", "README.md"} <= set(names)
+    # nothing of the local state or the self-referencing symlink is shipped
+    for prefix in (".venv", ".cache", ".lab", "collections", ".git"):
+        assert not [n for n in names if n == prefix or n.startswith(prefix + "/")], prefix
+    dest = tmp_path / "installed"
+    # Outside the checkout, where the collection is not already resolvable.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(dest)
+    install = subprocess.run(
+        [BIN / "ansible-galaxy", "collection", "install", "--offline", "-p", dest, tarball],
+        capture_output=True, text=True, check=False, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert (dest / "ansible_collections/multicloud/migration/MANIFEST.json").exists()
+    listing = subprocess.run(
+        [BIN / "ansible-galaxy", "collection", "list", "-p", dest, "multicloud.migration"],
+        capture_output=True, text=True, check=False, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert "multicloud.migration 0.1.0" in listing.stdout
