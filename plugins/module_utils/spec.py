@@ -27,36 +27,20 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-try:
-    from .naming import (
-        DHCP_LEG_INDEX_MAX,
-        VNI_MAX,
-        VNI_MIN,
-        bridge_name,
-        default_dns_domain,
-        dhcp_leg_names,
-        dhcp_namespace,
-        domain_name,
-        router_leg_names,
-        router_namespace,
-        vm_mac,
-        vxlan_name,
-    )
-except ImportError:  # loaded as a plain module (unit tests), next to naming.py
-    from naming import (  # type: ignore[no-redef]
-        DHCP_LEG_INDEX_MAX,
-        VNI_MAX,
-        VNI_MIN,
-        bridge_name,
-        default_dns_domain,
-        dhcp_leg_names,
-        dhcp_namespace,
-        domain_name,
-        router_leg_names,
-        router_namespace,
-        vm_mac,
-        vxlan_name,
-    )
+from .naming import (
+    DHCP_LEG_INDEX_MAX,
+    VNI_MAX,
+    VNI_MIN,
+    bridge_name,
+    default_dns_domain,
+    dhcp_leg_names,
+    dhcp_namespace,
+    domain_name,
+    router_leg_names,
+    router_namespace,
+    vm_mac,
+    vxlan_name,
+)
 
 __all__ = [
     "MODES",

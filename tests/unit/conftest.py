@@ -1,38 +1,32 @@
-"""Make the collection's module_utils importable by plain name in unit tests.
+"""Make the collection importable in unit tests without installing it.
 
-The unit tests run from the repository root (`.venv/bin/pytest tests/unit`) without
-installing the collection. Pure-Python module_utils files are loaded by file path under
-their plain names (``import spec``, ``import naming``); a module_utils file that imports a
-sibling relatively falls back to the plain name (see spec.py), so load dependencies first.
+`collections/ansible_collections/multicloud/migration` is a symlink to the repository
+root, so putting `collections/` on sys.path makes
+`ansible_collections.multicloud.migration.plugins.module_utils.<name>` importable exactly
+as Ansible imports it. For brevity the pure module_utils are also registered under their
+plain names (``import spec``, ``import naming``, ``import plan``).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
 
-MODULE_UTILS = Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
+COLLECTIONS = Path(__file__).resolve().parents[2] / "collections"
+PACKAGE = "ansible_collections.multicloud.migration.plugins.module_utils"
+
+if str(COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS))
 
 
 def load_module_utils(name: str) -> ModuleType:
-    """Import plugins/module_utils/<name>.py as the top-level module ``name`` (once)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, MODULE_UTILS / f"{name}.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {name} from {MODULE_UTILS}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
+    """Import plugins/module_utils/<name>.py (once) and register it as ``name`` too."""
+    module = importlib.import_module(f"{PACKAGE}.{name}")
+    sys.modules.setdefault(name, module)
     return module
 
 
-# Order matters: spec imports naming.
-for _name in ("naming", "spec"):
+for _name in ("naming", "spec", "plan"):
     load_module_utils(_name)

@@ -1,0 +1,308 @@
+# Copyright: multicloud.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""From the normalised spec to what each host must carry (the southbound plan).
+
+``host_plan`` turns a normalised spec (spec.normalize) and the inventory's placement
+facts into the desired state of one host, in the shapes the collection's resource
+modules take as ``config``: namespaces, links, addresses, routes, FDB entries and dnsmasq
+instances. Pure Python: it decides, the modules converge.
+
+The network model (docs/network.md):
+- every host of a network's cloud carries the network's bridge and VXLAN device, with one
+  head-end replication FDB entry per other such host (underlay address inside a cloud,
+  WAN address across clouds);
+- the cloud's network node (the first of its hosts, or the one with
+  ``mcm_network_node: true``) also carries the network's DHCP namespace (a veth leg created
+  inside it, the DHCP server address, dnsmasq) and the tenant's router namespace with a
+  leg on every routed segment of the tenant in that cloud holding the gateway(s);
+- nothing tenant-owned is addressed in the root namespace.
+Objects carry the owner tag ``mcm:<tenant>/<network>`` (``mcm:<tenant>/router`` for the
+router namespace) so that a scoped ``overridden`` removes exactly what left the spec.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+VXLAN_PORT = 4789
+VXLAN_OVERHEAD = 50
+UNDERLAY_MTU = 1500
+TENANT_MTU = UNDERLAY_MTU - VXLAN_OVERHEAD  # 1450: full 1500-byte frames would be dropped
+OWNER_PREFIX = "mcm:"
+DHCP_LEASE_TIME = "1h"
+
+
+class PlanError(Exception):
+    """The inventory cannot carry the spec (missing host facts, empty cloud)."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    cloud: str
+    underlay_ip: str
+    wan_ip: str
+    network_node: bool = False
+
+
+def owner(tenant: str, what: str) -> str:
+    return f"{OWNER_PREFIX}{tenant}/{what}"
+
+
+def tenant_scope(tenant: str) -> str:
+    """Owner-tag prefix of everything a tenant owns (the trailing slash keeps `a` from `a-b`)."""
+    return f"{OWNER_PREFIX}{tenant}/"
+
+
+def hosts_from_inventory(
+    clouds: Iterable[str], groups: Mapping[str, list[str]], hostvars: Mapping[str, Mapping]
+) -> dict[str, Host]:
+    """The placement facts of every cloud host, read from the inventory."""
+    hosts: dict[str, Host] = {}
+    problems = []
+    for cloud in clouds:
+        members = groups.get(cloud) or []
+        if not members:
+            problems.append(f"cloud group {cloud!r} has no hosts")
+        for name in members:
+            hvars = hostvars.get(name, {})
+            if name in hosts:
+                problems.append(f"host {name} is in clouds {hosts[name].cloud} and {cloud}")
+                continue
+            missing = [k for k in ("underlay_ip", "wan_ip") if not hvars.get(k)]
+            if missing:
+                problems.append(f"host {name} ({cloud}) lacks {' and '.join(missing)}")
+                continue
+            bad = [k for k in ("underlay_ip", "wan_ip") if not _is_ipv4(hvars[k])]
+            if bad:
+                problems.extend(
+                    f"host {name}: {k} {hvars[k]!r} is not an IPv4 address" for k in bad
+                )
+                continue
+            hosts[name] = Host(
+                name=name,
+                cloud=cloud,
+                underlay_ip=str(hvars["underlay_ip"]),
+                wan_ip=str(hvars["wan_ip"]),
+                network_node=bool(hvars.get("mcm_network_node", False)),
+            )
+    if problems:
+        raise PlanError("inventory: " + "; ".join(problems))
+    return hosts
+
+
+def _is_ipv4(value: object) -> bool:
+    try:
+        ipaddress.IPv4Address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def cloud_hosts(hosts: Mapping[str, Host], cloud: str) -> list[Host]:
+    return sorted((h for h in hosts.values() if h.cloud == cloud), key=lambda h: h.name)
+
+
+def network_node(hosts: Mapping[str, Host], cloud: str) -> Host:
+    members = cloud_hosts(hosts, cloud)
+    if not members:
+        raise PlanError(f"cloud {cloud!r} has no hosts in the inventory")
+    chosen = [h for h in members if h.network_node]
+    if len(chosen) > 1:
+        names = ", ".join(h.name for h in chosen)
+        raise PlanError(f"cloud {cloud!r} has several hosts with mcm_network_node: {names}")
+    return chosen[0] if chosen else members[0]
+
+
+def peer_address(me: Host, peer: Host) -> str:
+    """Underlay inside a cloud, WAN across clouds."""
+    return peer.underlay_ip if peer.cloud == me.cloud else peer.wan_ip
+
+
+def _present_networks(spec: Mapping[str, Any]) -> Iterable[tuple[dict, dict]]:
+    for tenant in spec.get("tenants", []):
+        if tenant.get("state", "present") != "present":
+            continue
+        for net in tenant.get("networks", []):
+            if net.get("state", "present") == "present":
+                yield tenant, net
+
+
+def host_plan(
+    spec: Mapping[str, Any], hosts: Mapping[str, Host], host: str, placement: Mapping | None = None
+) -> dict[str, Any]:
+    """The desired state of ``host`` for the present networks of a normalised spec.
+
+    ``placement`` maps ``tenant/network`` to the cloud that carries it now, overriding the
+    spec's ``cloud`` (a migrated network stays where it was moved to).
+    """
+    if host not in hosts:
+        raise PlanError(f"host {host!r} is not in any cloud group of the inventory")
+    me = hosts[host]
+    placement = placement or {}
+    netns: dict[str, dict] = {}
+    links: dict[tuple[str | None, str], dict] = {}
+    addresses: dict[tuple[str | None, str], list[str]] = {}
+    routes: dict[str, list[dict]] = {}
+    fdb: dict[str, set[str]] = {}
+    dnsmasq: list[dict] = []
+
+    def link(item: dict) -> None:
+        key = (item.get("namespace"), item["name"])
+        if key not in links:
+            links[key] = item
+
+    # The spec is authoritative for every tenant it names, present or absent: what such a
+    # tenant owns on this host and the plan leaves out is removed (scoped overridden).
+    tenants = {t["name"] for t in spec.get("tenants", [])}
+    for tenant, net in _present_networks(spec):
+        tname, nname = tenant["name"], net["name"]
+        cloud = placement.get(f"{tname}/{nname}", net["cloud"])
+        members = cloud_hosts(hosts, cloud)
+        if me not in members:
+            continue
+        tag = owner(tname, nname)
+        bridge, vxlan = net["bridge"], net["vxlan"]
+        link({"name": bridge, "kind": "bridge", "mtu": TENANT_MTU, "state": "up", "owner": tag})
+        link(
+            {
+                "name": vxlan,
+                "kind": "vxlan",
+                "mtu": TENANT_MTU,
+                "master": bridge,
+                "state": "up",
+                "owner": tag,
+                "vxlan": {"id": net["vni"], "port": VXLAN_PORT, "learning": True},
+            }
+        )
+        peers = fdb.setdefault(vxlan, set())
+        peers.update(peer_address(me, p) for p in members if p != me)
+
+        if network_node(hosts, cloud) != me:
+            continue
+        prefix = net["prefixlen"]
+        if net["dhcp"]["enabled"]:
+            ns = net["dhcp"]["namespace"]
+            root_leg, ns_leg = net["dhcp"]["legs"]
+            netns[ns] = {"name": ns, "forwarding": False}
+            link({"name": "lo", "kind": "device", "namespace": ns, "state": "up"})
+            link(
+                {
+                    "name": root_leg,
+                    "kind": "veth",
+                    "mtu": TENANT_MTU,
+                    "master": bridge,
+                    "state": "up",
+                    "owner": tag,
+                    "peer": {
+                        "name": ns_leg,
+                        "namespace": ns,
+                        "mtu": TENANT_MTU,
+                        "state": "up",
+                        "owner": tag,
+                    },
+                }
+            )
+            addresses[(ns, ns_leg)] = [f"{net['dhcp']['server']}/{prefix}"]
+            if net["gateway"] and net["routed"]:
+                routes[ns] = [{"dst": "default", "gateway": net["gateway"]}]
+            dnsmasq.append(
+                {
+                    "name": ns,
+                    "namespace": ns,
+                    "interface": ns_leg,
+                    "server": net["dhcp"]["server"],
+                    "subnet": net["subnet"],
+                    "range": net["dhcp"]["range"],
+                    "lease_time": DHCP_LEASE_TIME,
+                    "gateway": net["gateway"] if net["routed"] else None,
+                    "mtu": TENANT_MTU,
+                    "domain": net["dhcp"]["domain"],
+                    "hosts": sorted(
+                        (
+                            {"mac": vm["mac"], "ip": vm["ip"], "name": vm["name"]}
+                            for vm in net["vms"]
+                            if vm.get("state", "present") == "present" and vm.get("ip")
+                        ),
+                        key=lambda h: h["ip"],
+                    ),
+                }
+            )
+        if net["routed"] and net["gateway"]:
+            rns = net["router_namespace"]
+            root_leg, r_leg = net["router_legs"]
+            netns[rns] = {"name": rns, "forwarding": True}
+            link({"name": "lo", "kind": "device", "namespace": rns, "state": "up"})
+            link(
+                {
+                    "name": root_leg,
+                    "kind": "veth",
+                    "mtu": TENANT_MTU,
+                    "master": bridge,
+                    "state": "up",
+                    "owner": tag,
+                    "peer": {
+                        "name": r_leg,
+                        "namespace": rns,
+                        "mtu": TENANT_MTU,
+                        "state": "up",
+                        "owner": tag,
+                    },
+                }
+            )
+            # a shared managed-novlan segment: one router leg carries every gateway
+            addresses.setdefault((rns, r_leg), []).append(f"{net['gateway']}/{prefix}")
+
+    return {
+        "host": host,
+        "cloud": me.cloud,
+        "tenants": sorted(tenants),
+        "scopes": [tenant_scope(t) for t in sorted(tenants)],
+        "netns": [netns[k] for k in sorted(netns)],
+        "links": _ordered_links(links),
+        "addresses": [
+            {"namespace": ns, "interface": ifname, "addresses": sorted(set(addrs))}
+            for (ns, ifname), addrs in sorted(addresses.items(), key=_ns_key)
+        ],
+        "routes": [{"namespace": ns, "routes": r} for ns, r in sorted(routes.items())],
+        "fdb": [
+            {"device": dev, "entries": [{"dst": dst} for dst in sorted(peers, key=_ip_key)]}
+            for dev, peers in sorted(fdb.items())
+        ],
+        "dnsmasq": sorted(dnsmasq, key=lambda d: d["name"]),
+    }
+
+
+def _ns_key(item: tuple[tuple[str | None, str], Any]) -> tuple[str, str]:
+    (namespace, name), _ = item
+    return namespace or "", name
+
+
+def _ip_key(addr: str) -> int:
+    return int(ipaddress.IPv4Address(addr))
+
+
+def _ordered_links(links: Mapping[tuple[str | None, str], dict]) -> list[dict]:
+    """Bridges first, so that VXLAN devices and veth legs can be enslaved to them."""
+    order = {"bridge": 0, "vxlan": 1, "veth": 2, "device": 3}
+    return sorted(
+        links.values(),
+        key=lambda item: (order[item["kind"]], item.get("namespace") or "", item["name"]),
+    )
+
+
+def tenant_namespaces(spec: Mapping[str, Any], tenant: str) -> list[str]:
+    """Every namespace name the spec derives for a tenant, present or absent."""
+    names: set[str] = set()
+    for t in spec.get("tenants", []):
+        if t["name"] != tenant:
+            continue
+        for net in t.get("networks", []):
+            if net["dhcp"].get("namespace"):
+                names.add(net["dhcp"]["namespace"])
+            if net.get("router_namespace"):
+                names.add(net["router_namespace"])
+    return sorted(names)

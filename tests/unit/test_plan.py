@@ -1,0 +1,169 @@
+"""The southbound plan: what each host carries for a normalised spec."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import plan
+import pytest
+import spec
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUPS = {"cloud_a": ["mcm-a1", "mcm-a2"], "cloud_b": ["mcm-b1"]}
+HOSTVARS = {
+    "mcm-a1": {"underlay_ip": "172.30.1.11", "wan_ip": "172.30.0.11"},
+    "mcm-a2": {"underlay_ip": "172.30.1.12", "wan_ip": "172.30.0.12"},
+    "mcm-b1": {"underlay_ip": "172.30.2.11", "wan_ip": "172.30.0.21"},
+}
+
+
+def example():
+    text = (ROOT / "docs/examples/tenants.yml").read_text()
+    return spec.normalize(spec.load_spec_text(text), clouds=GROUPS)
+
+
+def hosts():
+    return plan.hosts_from_inventory(GROUPS, GROUPS, HOSTVARS)
+
+
+def net(normal, tenant, name):
+    t = next(t for t in normal["tenants"] if t["name"] == tenant)
+    return next(n for n in t["networks"] if n["name"] == name)
+
+
+def names(items, kind=None):
+    return [i["name"] for i in items if kind is None or i["kind"] == kind]
+
+
+def test_every_cloud_host_carries_bridge_and_vxlan_meshed_to_its_peers():
+    normal = example()
+    web = net(normal, "acme", "web")
+    for host, peer in (("mcm-a1", "172.30.1.12"), ("mcm-a2", "172.30.1.11")):
+        p = plan.host_plan(normal, hosts(), host)
+        assert web["bridge"] in names(p["links"], "bridge")
+        vx = next(x for x in p["links"] if x["name"] == web["vxlan"])
+        assert vx["vxlan"] == {"id": web["vni"], "port": 4789, "learning": True}
+        assert vx["master"] == web["bridge"] and vx["mtu"] == 1450
+        assert vx["owner"] == "mcm:acme/web"
+        fdb = next(f for f in p["fdb"] if f["device"] == web["vxlan"])
+        assert fdb["entries"] == [{"dst": peer}]
+    # cloud_b carries nothing of acme
+    b1 = plan.host_plan(normal, hosts(), "mcm-b1")
+    assert web["bridge"] not in names(b1["links"])
+
+
+def test_dhcp_and_router_only_on_the_network_node():
+    normal = example()
+    web, db = net(normal, "acme", "web"), net(normal, "acme", "db")
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1")
+    a2 = plan.host_plan(normal, hosts(), "mcm-a2")
+    assert [n["name"] for n in a1["netns"]] == ["qdhcp-acme-db", "qdhcp-acme-web", "qrouter-acme"]
+    assert {n["name"]: n["forwarding"] for n in a1["netns"]}["qrouter-acme"] is True
+    assert a2["netns"] == [] and a2["dnsmasq"] == []
+    veth = next(x for x in a1["links"] if x["name"] == web["dhcp"]["legs"][0])
+    assert veth["kind"] == "veth" and veth["master"] == web["bridge"]
+    assert veth["peer"]["namespace"] == "qdhcp-acme-web"
+    assert veth["peer"]["name"] == web["dhcp"]["legs"][1]
+    # the router holds both gateways, each on its own leg
+    router_addrs = {
+        a["interface"]: a["addresses"] for a in a1["addresses"] if a["namespace"] == "qrouter-acme"
+    }
+    assert router_addrs == {
+        web["router_legs"][1]: ["10.10.1.1/24"],
+        db["router_legs"][1]: ["10.10.2.1/24"],
+    }
+    # nothing tenant-owned is addressed in the root namespace
+    assert all(a["namespace"] for a in a1["addresses"])
+
+
+def test_dnsmasq_instance_serves_the_network_only():
+    normal = example()
+    web = net(normal, "acme", "web")
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1")
+    inst = next(d for d in a1["dnsmasq"] if d["name"] == "qdhcp-acme-web")
+    assert inst["interface"] == web["dhcp"]["legs"][1]
+    assert inst["server"] == web["dhcp"]["server"]
+    assert inst["range"] == web["dhcp"]["range"]
+    assert inst["gateway"] == "10.10.1.1" and inst["mtu"] == 1450
+    assert inst["domain"] == "web.acme"
+    assert inst["hosts"] == [
+        {"mac": vm["mac"], "ip": vm["ip"], "name": vm["name"]} for vm in web["vms"]
+    ]
+
+
+def test_same_cidr_in_two_tenants_is_isolated_by_namespace_and_vni():
+    normal = example()
+    web, app = net(normal, "acme", "web"), net(normal, "globex", "app")
+    assert web["subnet"] == app["subnet"] and web["vni"] != app["vni"]
+    b1 = plan.host_plan(normal, hosts(), "mcm-b1")
+    assert [n["name"] for n in b1["netns"]] == ["qdhcp-globex-app", "qrouter-globex"]
+    assert b1["fdb"] == [{"device": app["vxlan"], "entries": []}]  # alone in its cloud
+
+
+def test_absent_network_leaves_the_plan_but_stays_in_scope():
+    data = spec.load_spec_text((ROOT / "docs/examples/tenants.yml").read_text())
+    data["tenants"][0]["networks"][1]["state"] = "absent"  # acme/db
+    normal = spec.normalize(data, clouds=GROUPS)
+    db = net(normal, "acme", "db")
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1")
+    assert db["bridge"] not in names(a1["links"])
+    assert "qdhcp-acme-db" not in [n["name"] for n in a1["netns"]]
+    assert a1["scopes"] == ["mcm:acme/", "mcm:globex/"]
+
+
+def test_placement_overrides_the_spec_cloud_and_peers_use_wan_across_clouds():
+    normal = example()
+    web = net(normal, "acme", "web")
+    moved = {"acme/web": "cloud_b"}
+    b1 = plan.host_plan(normal, hosts(), "mcm-b1", placement=moved)
+    assert web["bridge"] in names(b1["links"])
+    assert "qdhcp-acme-web" in [n["name"] for n in b1["netns"]]
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1", placement=moved)
+    assert web["bridge"] not in names(a1["links"])
+    me, peer = hosts()["mcm-a1"], hosts()["mcm-b1"]
+    assert plan.peer_address(me, peer) == "172.30.0.21"
+    assert plan.peer_address(me, hosts()["mcm-a2"]) == "172.30.1.12"
+
+
+def test_links_are_ordered_bridges_first():
+    p = plan.host_plan(example(), hosts(), "mcm-a1")
+    kinds = [x["kind"] for x in p["links"]]
+    assert kinds == sorted(kinds, key=["bridge", "vxlan", "veth", "device"].index)
+
+
+def test_plan_is_deterministic():
+    assert plan.host_plan(example(), hosts(), "mcm-a1") == plan.host_plan(
+        example(), hosts(), "mcm-a1"
+    )
+
+
+def test_network_node_can_be_chosen():
+    hv = {**HOSTVARS, "mcm-a2": {**HOSTVARS["mcm-a2"], "mcm_network_node": True}}
+    h = plan.hosts_from_inventory(GROUPS, GROUPS, hv)
+    assert plan.network_node(h, "cloud_a").name == "mcm-a2"
+    hv["mcm-a1"] = {**HOSTVARS["mcm-a1"], "mcm_network_node": True}
+    with pytest.raises(plan.PlanError, match="several hosts with mcm_network_node"):
+        plan.network_node(plan.hosts_from_inventory(GROUPS, GROUPS, hv), "cloud_a")
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "message"),
+    [
+        ({**HOSTVARS, "mcm-b1": {"wan_ip": "172.30.0.21"}}, "mcm-b1 (cloud_b) lacks underlay_ip"),
+        (
+            {**HOSTVARS, "mcm-b1": {"underlay_ip": "nope", "wan_ip": "172.30.0.21"}},
+            "mcm-b1: underlay_ip 'nope' is not an IPv4 address",
+        ),
+    ],
+)
+def test_inventory_problems_are_named(hostvars, message):
+    with pytest.raises(plan.PlanError, match=re.escape(message)):
+        plan.hosts_from_inventory(GROUPS, GROUPS, hostvars)
+
+
+def test_empty_cloud_and_unknown_host():
+    with pytest.raises(plan.PlanError, match="cloud group 'cloud_c' has no hosts"):
+        plan.hosts_from_inventory(["cloud_c"], {"cloud_c": []}, {})
+    with pytest.raises(plan.PlanError, match="'nope' is not in any cloud group"):
+        plan.host_plan(example(), hosts(), "nope")
