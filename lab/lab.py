@@ -258,16 +258,23 @@ def run_args(host: LabHost, topo: Topology, image: str) -> list[str]:
     return [*args, image]
 
 
-def shaping_commands(net: LabNetwork) -> list[list[str]]:
-    """tc htb on a host's leg of a network (netem is not available on this kernel)."""
+def shaping_commands(net: LabNetwork, current_qdisc: str = "") -> list[list[str]]:
+    """tc htb on a host's leg of a network (netem is not available on this kernel).
+
+    ``current_qdisc`` is what `tc qdisc show dev DEV` prints now: an htb root that is
+    already there is kept (tc cannot "replace" an htb qdisc with itself), its class is
+    replaced so a changed rate applies.
+    """
     if not net.rate:
         return []
     dev = net.interface
-    return [
-        ["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "10"],
-        ["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
-         "rate", net.rate, "ceil", net.rate],
-    ]  # fmt: skip
+    cmds = []
+    if not re.search(r"qdisc htb 1: root", current_qdisc):
+        cmds.append(["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb",
+                     "default", "10"])  # fmt: skip
+    cmds.append(["tc", "class", "replace", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+                 "rate", net.rate, "ceil", net.rate])  # fmt: skip
+    return cmds
 
 
 # --------------------------------------------------------------------------- apt mirror
@@ -489,9 +496,22 @@ def start_hosts(topo: Topology, image: str) -> None:
         if state is not None:
             running = state["State"]["Running"]
             same_image = state.get("ImageName") == image
-            if running and same_image:
+            # A rebuilt or removed .cache/guest is not what a running host has mounted.
+            sees_guest = (
+                running
+                and exec_in(
+                    host.name, "test", "-s", f"{topo.images_dir}/.stamp", check=False
+                ).returncode
+                == 0
+            )
+            if running and same_image and sees_guest:
                 continue
-            why = "stopped" if not running else "built from an older image"
+            if not running:
+                why = "stopped"
+            elif not same_image:
+                why = "built from an older image"
+            else:
+                why = "not seeing the current guest image"
             say(f"host {host.name} is {why}: recreating it")
             podman("rm", "--force", "--time", "0", host.name, check=False)
         podman(*run_args(host, topo, image))
@@ -531,7 +551,8 @@ def wait_ready(topo: Topology, timeout: float = READY_TIMEOUT) -> dict[str, str]
 def shape_links(topo: Topology) -> None:
     for host in topo.hosts:
         for net in (topo.underlays[host.cloud], topo.wan):
-            for cmd in shaping_commands(net):
+            current = exec_in(host.name, "tc", "qdisc", "show", "dev", net.interface)
+            for cmd in shaping_commands(net, current.stdout.decode()):
                 exec_in(host.name, *cmd)
 
 

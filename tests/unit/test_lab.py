@@ -157,6 +157,14 @@ def test_shaping_uses_htb_at_the_wan_rate():
     assert lab.shaping_commands(unshaped) == []
 
 
+def test_shaping_again_keeps_the_htb_root_and_replaces_the_class():
+    t = topo()
+    shown = "qdisc htb 1: root refcnt 3 r2q 10 default 0x10 direct_packets_stat 0\n"
+    cmds = lab.shaping_commands(t.wan, shown)
+    assert [c[1] for c in cmds] == ["class"]
+    assert lab.shaping_commands(t.wan, "qdisc noqueue 0: root refcnt 2\n")[0][1] == "qdisc"
+
+
 def test_host_uuids_are_stable_and_distinct():
     names = topo().host_names
     uuids = {lab.host_uuid(n) for n in names}
