@@ -13,6 +13,7 @@ from ansible_collections.multicloud.migration.plugins.module_utils.plan import (
     PlanError,
     host_plan,
     hosts_from_inventory,
+    removal_plan,
 )
 
 DOCUMENTATION = r"""
@@ -79,6 +80,11 @@ def host_plans(
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def removal_plans(tenants: list[str], hosts: list[str]) -> dict[str, Any]:
+    """Plans that carry nothing of ``tenants`` on each of ``hosts`` (delete_infra.yml)."""
+    return {host: removal_plan(host, tenants) for host in hosts}
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"host_plans": host_plans}
+        return {"host_plans": host_plans, "removal_plans": removal_plans}

@@ -740,8 +740,8 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def list_instances(root: str = STATE_ROOT, scope: str | None = None) -> list[str]:
-    """Names of the instances under ``root`` (directories), narrowed to a name prefix."""
+def list_instances(root: str = STATE_ROOT, scope: str | Iterable[str] | None = None) -> list[str]:
+    """Names of the instances under ``root`` (directories), narrowed to name prefixes."""
     try:
         names = sorted(
             entry.name
@@ -750,7 +750,10 @@ def list_instances(root: str = STATE_ROOT, scope: str | None = None) -> list[str
         )
     except FileNotFoundError:
         return []
-    return [name for name in names if name.startswith(scope or "")]
+    if not scope:
+        return names
+    prefixes = (scope,) if isinstance(scope, str) else tuple(scope)
+    return [name for name in names if name.startswith(prefixes)]
 
 
 def read_files(directory: str) -> dict[str, str | None]:
@@ -916,7 +919,7 @@ def converge(
     config: Sequence[Mapping[str, Any]],
     processes: Processes,
     *,
-    scope: str | None = None,
+    scope: str | Iterable[str] | None = None,
     root: str = STATE_ROOT,
     check_mode: bool = False,
 ) -> Result:

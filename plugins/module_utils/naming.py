@@ -94,13 +94,13 @@ def router_leg_names(vni: int) -> tuple[str, str]:
 
 
 def dhcp_namespace(tenant: str, network: str) -> str:
-    """Network namespace running dnsmasq for one network (qdhcp-<tenant>-<network>).
+    """Network namespace running dnsmasq for one network (qdhcp-<tenant>.<network>).
 
-    Namespace names are not limited to 15 bytes. Because both parts may contain hyphens,
-    two different (tenant, network) pairs can give the same name; spec.validate reports
-    such a clash.
+    Namespace names are not limited to 15 bytes. The dot cannot occur in a tenant name
+    (a DNS label), so ``qdhcp-<tenant>.`` prefixes exactly one tenant's DHCP namespaces
+    (a module scope such as ``qdhcp-acme.`` never reaches tenant ``acme-x``).
     """
-    return f"{DHCP_NS_PREFIX}{tenant}-{network}"
+    return f"{DHCP_NS_PREFIX}{tenant}.{network}"
 
 
 def router_namespace(tenant: str) -> str:

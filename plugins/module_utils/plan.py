@@ -57,6 +57,34 @@ def tenant_scope(tenant: str) -> str:
     return f"{OWNER_PREFIX}{tenant}/"
 
 
+def dhcp_scope(tenant: str) -> str:
+    """Prefix of a tenant's DHCP namespaces and dnsmasq instances (``qdhcp-<tenant>.``)."""
+    return f"qdhcp-{tenant}."
+
+
+def namespace_scopes(tenants: Iterable[str]) -> list[str]:
+    """scope_namespaces entries covering exactly these tenants' namespaces."""
+    return [entry for t in tenants for entry in (dhcp_scope(t), f"qrouter-{t}")]
+
+
+def removal_plan(host: str, tenants: Iterable[str]) -> dict[str, Any]:
+    """A plan that carries nothing of ``tenants``: applied, it removes all they own."""
+    names = sorted(set(tenants))
+    return {
+        "host": host,
+        "tenants": names,
+        "scopes": [tenant_scope(t) for t in names],
+        "namespace_scopes": namespace_scopes(names),
+        "dhcp_scopes": [dhcp_scope(t) for t in names],
+        "netns": [],
+        "links": [],
+        "addresses": [],
+        "routes": [],
+        "fdb": [],
+        "dnsmasq": [],
+    }
+
+
 def hosts_from_inventory(
     clouds: Iterable[str], groups: Mapping[str, list[str]], hostvars: Mapping[str, Mapping]
 ) -> dict[str, Host]:
@@ -261,6 +289,8 @@ def host_plan(
         "cloud": me.cloud,
         "tenants": sorted(tenants),
         "scopes": [tenant_scope(t) for t in sorted(tenants)],
+        "namespace_scopes": namespace_scopes(sorted(tenants)),
+        "dhcp_scopes": [dhcp_scope(t) for t in sorted(tenants)],
         "netns": [netns[k] for k in sorted(netns)],
         "links": _ordered_links(links),
         "addresses": [

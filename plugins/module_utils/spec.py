@@ -67,7 +67,7 @@ DHCP_KEYS = ("enabled", "range", "domain")
 VM_KEYS = ("name", "vcpus", "memory", "disk", "ip", "image", "host", "state")
 
 NAME_MAX = 63  # one DNS label
-# qdhcp-<tenant>-<network>, qrouter-<tenant>, <tenant>-<vm>: keep the tenant part short.
+# qdhcp-<tenant>.<network>, qrouter-<tenant>, <tenant>-<vm>: keep the tenant part short.
 TENANT_NAME_MAX = 24
 VCPUS_MAX = 64
 MEMORY_MIN_MIB = 16

@@ -142,15 +142,16 @@ options:
       - Name prefix that narrows the instances O(state=overridden) may remove, and those
         that O(state=deleted) and O(state=gathered) handle when O(config) is empty.
         Other instances on the host are left alone.
-    type: str
+    type: list
+    elements: str
 """
 
 EXAMPLES = r"""
 - name: DHCP and DNS for the web network of tenant acme
   multicloud.migration.dnsmasq:
     config:
-      - name: qdhcp-acme-web
-        namespace: qdhcp-acme-web
+      - name: qdhcp-acme.web
+        namespace: qdhcp-acme.web
         interface: dhn-4242
         server: 10.10.1.2
         subnet: 10.10.1.0/24
@@ -163,8 +164,8 @@ EXAMPLES = r"""
 - name: A static network serves only its reservations, with no router
   multicloud.migration.dnsmasq:
     config:
-      - name: qdhcp-acme-db
-        namespace: qdhcp-acme-db
+      - name: qdhcp-acme.db
+        namespace: qdhcp-acme.db
         interface: dhn-4243
         server: 10.10.2.2
         subnet: 10.10.2.0/24
@@ -176,27 +177,27 @@ EXAMPLES = r"""
   multicloud.migration.dnsmasq:
     state: merged
     config:
-      - name: qdhcp-acme-web
+      - name: qdhcp-acme.web
         hosts:
           - {mac: "52:54:00:65:43:21", ip: 10.10.1.11, name: web2}
 
 - name: Exactly these instances of tenant acme on this host, remove the others
   multicloud.migration.dnsmasq:
     state: overridden
-    scope: qdhcp-acme-
+    scope: qdhcp-acme.
     config: "{{ acme_dhcp_instances }}"
 
 - name: Leases and state of every instance of tenant acme
   multicloud.migration.dnsmasq:
     state: gathered
-    scope: qdhcp-acme-
+    scope: qdhcp-acme.
   register: acme_dhcp
 
 - name: Remove the DHCP server of a network
   multicloud.migration.dnsmasq:
     state: deleted
     config:
-      - name: qdhcp-acme-db
+      - name: qdhcp-acme.db
 """
 
 RETURN = r"""
@@ -213,9 +214,9 @@ changes:
   type: list
   elements: dict
   sample:
-    - {instance: qdhcp-acme-web, action: write, reason: "hosts, addn_hosts changed",
+    - {instance: qdhcp-acme.web, action: write, reason: "hosts, addn_hosts changed",
        files: [hosts, addn_hosts], seconds: 0.000412}
-    - {instance: qdhcp-acme-web, action: reload, pid: 4711,
+    - {instance: qdhcp-acme.web, action: reload, pid: 4711,
        reason: "reservations changed: SIGHUP re-reads them", seconds: 0.000051}
 leases:
   description:
@@ -224,7 +225,7 @@ leases:
   returned: when O(state) is merged, replaced or overridden
   type: dict
   sample:
-    qdhcp-acme-web:
+    qdhcp-acme.web:
       - {expiry: 1767225600, mac: "52:54:00:12:34:56", ip: 10.10.1.10, hostname: web1,
          client_id: null}
 gathered:
@@ -309,7 +310,7 @@ def main() -> None:
                 "options": INSTANCE_SPEC,
             },
             "state": {"type": "str", "choices": list(STATES), "default": "merged"},
-            "scope": {"type": "str"},
+            "scope": {"type": "list", "elements": "str"},
         },
         supports_check_mode=True,
     )

@@ -25,8 +25,8 @@ def _load(name: str):
 dnsmasq = _load("dnsmasq")
 
 BASE = {
-    "name": "qdhcp-acme-web",
-    "namespace": "qdhcp-acme-web",
+    "name": "qdhcp-acme.web",
+    "namespace": "qdhcp-acme.web",
     "interface": "dhn-4242",
     "server": "10.10.1.2",
     "subnet": "10.10.1.0/24",
@@ -72,11 +72,11 @@ def test_managed_range_renders_the_whole_config():
         "dhcp-option=option:mtu,1450",
         "domain=web.acme",
         "local=/web.acme/",
-        "dhcp-leasefile=/srv/dhcp/qdhcp-acme-web/leases",
-        "dhcp-hostsfile=/srv/dhcp/qdhcp-acme-web/hosts",
-        "addn-hosts=/srv/dhcp/qdhcp-acme-web/addn_hosts",
-        "pid-file=/srv/dhcp/qdhcp-acme-web/pid",
-        "log-facility=/srv/dhcp/qdhcp-acme-web/log",
+        "dhcp-leasefile=/srv/dhcp/qdhcp-acme.web/leases",
+        "dhcp-hostsfile=/srv/dhcp/qdhcp-acme.web/hosts",
+        "addn-hosts=/srv/dhcp/qdhcp-acme.web/addn_hosts",
+        "pid-file=/srv/dhcp/qdhcp-acme.web/pid",
+        "log-facility=/srv/dhcp/qdhcp-acme.web/log",
         "log-dhcp",
     ]
 
@@ -193,7 +193,7 @@ def test_defaults():
 def test_bad_settings_name_the_instance_and_the_key(changes, match):
     with pytest.raises(dnsmasq.DnsmasqError, match=match) as caught:
         dnsmasq.normalize_instance({**BASE, **changes})
-    assert "'qdhcp-acme-web'" in str(caught.value)
+    assert "'qdhcp-acme.web'" in str(caught.value)
 
 
 @pytest.mark.parametrize("name", ["", "../x", "a/b", "-x", None])
@@ -348,19 +348,19 @@ def _pairs(result) -> list[tuple[str, str]]:
 def test_merged_creates_then_is_idempotent(env):
     procs, run, root = env
     result = run("merged", [BASE])
-    assert _pairs(result) == [("qdhcp-acme-web", "write"), ("qdhcp-acme-web", "start")]
-    assert sorted(os.listdir(root / "qdhcp-acme-web")) == ["addn_hosts", "dnsmasq.conf", "hosts"]
+    assert _pairs(result) == [("qdhcp-acme.web", "write"), ("qdhcp-acme.web", "start")]
+    assert sorted(os.listdir(root / "qdhcp-acme.web")) == ["addn_hosts", "dnsmasq.conf", "hosts"]
     assert [d["before_header"].endswith("(absent)") for d in result.diff] == [True] * 3
-    assert result.leases == {"qdhcp-acme-web": []}
+    assert result.leases == {"qdhcp-acme.web": []}
     again = run("merged", [BASE])
     assert not again.changed and again.diff == []
-    assert procs.calls == [("start", "qdhcp-acme-web")]
+    assert procs.calls == [("start", "qdhcp-acme.web")]
 
 
 def test_reservation_change_reloads_and_settings_change_restarts(env):
     procs, run, root = env
     run("merged", [BASE])
-    (root / "qdhcp-acme-web" / "leases").write_text(LEASES)
+    (root / "qdhcp-acme.web" / "leases").write_text(LEASES)
     added = {
         "name": BASE["name"],
         "hosts": [{"mac": "52:54:00:00:00:0d", "ip": "10.10.1.12", "name": "web3"}],
@@ -368,8 +368,8 @@ def test_reservation_change_reloads_and_settings_change_restarts(env):
     result = run("merged", [added])
     assert _actions(result.changes) == ["write", "reload"]
     assert len(result.after[0]["hosts"]) == 4
-    assert (root / "qdhcp-acme-web" / "leases").read_text() == LEASES
-    assert len(result.leases["qdhcp-acme-web"]) == 3
+    assert (root / "qdhcp-acme.web" / "leases").read_text() == LEASES
+    assert len(result.leases["qdhcp-acme.web"]) == 3
     assert result.warnings == []
     procs.reload_confirmed = False
     dropped = {
@@ -380,8 +380,8 @@ def test_reservation_change_reloads_and_settings_change_restarts(env):
     result = run("merged", [{"name": BASE["name"], "mtu": 1400}])
     assert _actions(result.changes) == ["write", "restart"]
     assert result.changes[0].files == ["dnsmasq.conf"]
-    assert procs.calls[-2:] == [("stop", "qdhcp-acme-web"), ("start", "qdhcp-acme-web")]
-    assert (root / "qdhcp-acme-web" / "leases").read_text() == LEASES
+    assert procs.calls[-2:] == [("stop", "qdhcp-acme.web"), ("start", "qdhcp-acme.web")]
+    assert (root / "qdhcp-acme.web" / "leases").read_text() == LEASES
     # a namespace deleted and created again under the same name: restart into the new one
     procs.moved.add(BASE["namespace"])
     assert _actions(run("merged", [{"name": BASE["name"]}]).changes) == ["restart"]
@@ -395,16 +395,16 @@ def test_check_mode_touches_nothing(env):
     procs, run, root = env
     result = run("merged", [BASE], check_mode=True)
     assert _actions(result.changes) == ["write", "start"]
-    assert not (root / "qdhcp-acme-web").exists() and procs.calls == []
+    assert not (root / "qdhcp-acme.web").exists() and procs.calls == []
     run("merged", [BASE])
-    conf = (root / "qdhcp-acme-web" / "dnsmasq.conf").read_text()
+    conf = (root / "qdhcp-acme.web" / "dnsmasq.conf").read_text()
     result = run("replaced", [{**BASE, "mtu": 1300}], check_mode=True)
     assert _actions(result.changes) == ["write", "restart"]
     assert "option:mtu,1300" in result.diff[0]["after"]
-    assert (root / "qdhcp-acme-web" / "dnsmasq.conf").read_text() == conf
+    assert (root / "qdhcp-acme.web" / "dnsmasq.conf").read_text() == conf
     result = run("deleted", [], check_mode=True)
     assert _actions(result.changes) == ["stop", "remove"]
-    assert (root / "qdhcp-acme-web").exists() and len(procs.calls) == 1
+    assert (root / "qdhcp-acme.web").exists() and len(procs.calls) == 1
 
 
 def test_replaced_drops_unlisted_reservations(env):
@@ -419,7 +419,7 @@ def test_replaced_drops_unlisted_reservations(env):
 def test_removed_reservation_with_a_lease_warns_without_dhcp_release(env, monkeypatch):
     _, run, root = env
     run("merged", [BASE])
-    (root / "qdhcp-acme-web" / "leases").write_text(LEASES)
+    (root / "qdhcp-acme.web" / "leases").write_text(LEASES)
     monkeypatch.setattr(dnsmasq.shutil, "which", lambda _name: None)
     result = run("replaced", [{**BASE, "hosts": BASE["hosts"][2:]}])
     assert len(result.warnings) == 1

@@ -68,10 +68,10 @@ def test_leg_index_out_of_range_is_refused(index):
 
 
 def test_namespaces():
-    assert naming.dhcp_namespace("acme", "web") == "qdhcp-acme-web"
+    assert naming.dhcp_namespace("acme", "web") == "qdhcp-acme.web"
     assert naming.router_namespace("acme") == "qrouter-acme"
-    # The known ambiguity that spec.validate reports:
-    assert naming.dhcp_namespace("a-b", "c") == naming.dhcp_namespace("a", "b-c")
+    # The dot cannot occur in a tenant name: no two (tenant, network) pairs share a name.
+    assert naming.dhcp_namespace("a-b", "c") != naming.dhcp_namespace("a", "b-c")
 
 
 def test_domain_names():

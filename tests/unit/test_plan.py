@@ -58,12 +58,12 @@ def test_dhcp_and_router_only_on_the_network_node():
     web, db = net(normal, "acme", "web"), net(normal, "acme", "db")
     a1 = plan.host_plan(normal, hosts(), "mcm-a1")
     a2 = plan.host_plan(normal, hosts(), "mcm-a2")
-    assert [n["name"] for n in a1["netns"]] == ["qdhcp-acme-db", "qdhcp-acme-web", "qrouter-acme"]
+    assert [n["name"] for n in a1["netns"]] == ["qdhcp-acme.db", "qdhcp-acme.web", "qrouter-acme"]
     assert {n["name"]: n["forwarding"] for n in a1["netns"]}["qrouter-acme"] is True
     assert a2["netns"] == [] and a2["dnsmasq"] == []
     veth = next(x for x in a1["links"] if x["name"] == web["dhcp"]["legs"][0])
     assert veth["kind"] == "veth" and veth["master"] == web["bridge"]
-    assert veth["peer"]["namespace"] == "qdhcp-acme-web"
+    assert veth["peer"]["namespace"] == "qdhcp-acme.web"
     assert veth["peer"]["name"] == web["dhcp"]["legs"][1]
     # the router holds both gateways, each on its own leg
     router_addrs = {
@@ -81,7 +81,7 @@ def test_dnsmasq_instance_serves_the_network_only():
     normal = example()
     web = net(normal, "acme", "web")
     a1 = plan.host_plan(normal, hosts(), "mcm-a1")
-    inst = next(d for d in a1["dnsmasq"] if d["name"] == "qdhcp-acme-web")
+    inst = next(d for d in a1["dnsmasq"] if d["name"] == "qdhcp-acme.web")
     assert inst["interface"] == web["dhcp"]["legs"][1]
     assert inst["server"] == web["dhcp"]["server"]
     assert inst["range"] == web["dhcp"]["range"]
@@ -97,7 +97,7 @@ def test_same_cidr_in_two_tenants_is_isolated_by_namespace_and_vni():
     web, app = net(normal, "acme", "web"), net(normal, "globex", "app")
     assert web["subnet"] == app["subnet"] and web["vni"] != app["vni"]
     b1 = plan.host_plan(normal, hosts(), "mcm-b1")
-    assert [n["name"] for n in b1["netns"]] == ["qdhcp-globex-app", "qrouter-globex"]
+    assert [n["name"] for n in b1["netns"]] == ["qdhcp-globex.app", "qrouter-globex"]
     assert b1["fdb"] == [{"device": app["vxlan"], "entries": []}]  # alone in its cloud
 
 
@@ -108,7 +108,7 @@ def test_absent_network_leaves_the_plan_but_stays_in_scope():
     db = net(normal, "acme", "db")
     a1 = plan.host_plan(normal, hosts(), "mcm-a1")
     assert db["bridge"] not in names(a1["links"])
-    assert "qdhcp-acme-db" not in [n["name"] for n in a1["netns"]]
+    assert "qdhcp-acme.db" not in [n["name"] for n in a1["netns"]]
     assert a1["scopes"] == ["mcm:acme/", "mcm:globex/"]
 
 
@@ -118,7 +118,7 @@ def test_placement_overrides_the_spec_cloud_and_peers_use_wan_across_clouds():
     moved = {"acme/web": "cloud_b"}
     b1 = plan.host_plan(normal, hosts(), "mcm-b1", placement=moved)
     assert web["bridge"] in names(b1["links"])
-    assert "qdhcp-acme-web" in [n["name"] for n in b1["netns"]]
+    assert "qdhcp-acme.web" in [n["name"] for n in b1["netns"]]
     a1 = plan.host_plan(normal, hosts(), "mcm-a1", placement=moved)
     assert web["bridge"] not in names(a1["links"])
     me, peer = hosts()["mcm-a1"], hosts()["mcm-b1"]
@@ -167,3 +167,21 @@ def test_empty_cloud_and_unknown_host():
         plan.hosts_from_inventory(["cloud_c"], {"cloud_c": []}, {})
     with pytest.raises(plan.PlanError, match="'nope' is not in any cloud group"):
         plan.host_plan(example(), hosts(), "nope")
+
+
+def test_scopes_name_exactly_the_spec_tenants():
+    p = plan.host_plan(example(), hosts(), "mcm-b1")
+    assert p["scopes"] == ["mcm:acme/", "mcm:globex/"]
+    assert p["namespace_scopes"] == [
+        "qdhcp-acme.",
+        "qrouter-acme",
+        "qdhcp-globex.",
+        "qrouter-globex",
+    ]
+    assert p["dhcp_scopes"] == ["qdhcp-acme.", "qdhcp-globex."]
+
+
+def test_removal_plan_carries_nothing_and_scopes_the_tenant():
+    p = plan.removal_plan("mcm-a1", ["acme"])
+    assert p["scopes"] == ["mcm:acme/"] and p["namespace_scopes"] == ["qdhcp-acme.", "qrouter-acme"]
+    assert all(p[k] == [] for k in ("netns", "links", "addresses", "routes", "fdb", "dnsmasq"))
