@@ -1,4 +1,6 @@
-"""Shared test set-up: makes lab/lab.py importable as `lab` (it is a script, not a package)."""
+"""Shared test set-up: lab/lab.py importable as `lab` (a script, not a package), and the
+collection importable as `ansible_collections.multicloud.migration` from the checkout
+(collections/ansible_collections/multicloud/migration is a symlink to the root)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "collections") not in sys.path:
+    sys.path.insert(0, str(ROOT / "collections"))
 
 
 def _load_lab() -> None:
