@@ -52,7 +52,7 @@ lab-clean: venv
 	$(PY) lab/lab.py clean
 
 demo: lab
-	$(VENV)/bin/ansible-playbook playbooks/lab_check.yml
+	$(VENV)/bin/ansible-playbook playbooks/demo.yml
 
 lint: venv
 	$(VENV)/bin/ruff check .
