@@ -1,0 +1,305 @@
+"""libvirt_vm without libvirt: domain XML, reading it back, drift detection, input checks."""
+
+from __future__ import annotations
+
+import struct
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm as lv
+from ansible_collections.multicloud.migration.plugins.module_utils import naming
+
+NS = {"mcm": lv.XMLNS}
+
+
+def make_vm(**overrides) -> dict:
+    item = {
+        "name": "acme-web1",
+        "memory_mib": 128,
+        "vcpus": 1,
+        "bridge": "brq-1001",
+        "disk": "/var/lib/mcm/vms/acme-web1.qcow2",
+        "boot": {
+            "kernel": "/var/lib/mcm/images/vmlinuz",
+            "initrd": "/var/lib/mcm/images/initrd.img",
+            "cmdline": "console=ttyS0 panic=-1 mcm.hostname=web1",
+        },
+        "console_log": "/var/lib/mcm/console/acme-web1.log",
+        "metadata": {"tenant": "acme", "network": "web", "vm": "web1"},
+    }
+    item.update(overrides)
+    return lv.normalize_vm(item)
+
+
+def test_domain_xml_every_field():
+    vm = make_vm(vcpus=2, max_vcpus=4, mtu=1400, mac="52:54:00:AA:bb:01")
+    root = ET.fromstring(lv.domain_xml(vm, "qemu", "x86_64"))
+    assert root.tag == "domain" and root.get("type") == "qemu"
+    assert root.findtext("name") == "acme-web1"
+    assert root.find("uuid") is None
+    assert root.find("memory").get("unit") == "MiB" and root.findtext("memory") == "128"
+    assert root.findtext("currentMemory") == "128"
+    vcpu = root.find("vcpu")
+    assert (vcpu.text, vcpu.get("current")) == ("4", "2")
+    os_type = root.find("os/type")
+    assert (os_type.text, os_type.get("arch"), os_type.get("machine")) == ("hvm", "x86_64", "pc")
+    assert root.findtext("os/kernel") == "/var/lib/mcm/images/vmlinuz"
+    assert root.findtext("os/initrd") == "/var/lib/mcm/images/initrd.img"
+    assert root.findtext("os/cmdline") == "console=ttyS0 panic=-1 mcm.hostname=web1"
+    assert root.find("os/boot") is None
+    assert root.find("features/acpi") is not None and root.find("features/apic") is not None
+    disk = root.find("devices/disk")
+    assert (disk.get("type"), disk.get("device")) == ("file", "disk")
+    assert disk.find("driver").get("type") == "qcow2"
+    assert disk.find("source").get("file") == "/var/lib/mcm/vms/acme-web1.qcow2"
+    assert (disk.find("target").get("dev"), disk.find("target").get("bus")) == ("vda", "virtio")
+    nic = root.find("devices/interface")
+    assert nic.get("type") == "bridge"
+    assert nic.find("mac").get("address") == "52:54:00:aa:bb:01"
+    assert nic.find("source").get("bridge") == "brq-1001"
+    assert nic.find("model").get("type") == "virtio"
+    assert nic.find("mtu").get("size") == "1400"
+    serial = root.find("devices/serial")
+    assert serial.get("type") == "unix"
+    assert serial.find("source").get("mode") == "bind"
+    assert serial.find("source").get("path") == "/var/lib/mcm/console/acme-web1.console"
+    assert serial.find("log").get("file") == "/var/lib/mcm/console/acme-web1.log"
+    assert serial.find("log").get("append") == "on"
+    assert root.find("devices/memballoon").get("model") == "none"
+    assert root.find("devices/graphics") is None
+    meta = root.find("metadata/mcm:vm", NS)
+    assert dict(meta.attrib) == {"tenant": "acme", "network": "web", "vm": "web1"}
+
+
+def test_domain_xml_defaults_and_disk_boot():
+    vm = lv.normalize_vm({"name": "plain", "mac": "52:54:00:00:00:01", "bridge": "br0"})
+    root = ET.fromstring(lv.domain_xml(vm, "kvm"))
+    assert root.get("type") == "kvm"
+    assert root.find("os/boot").get("dev") == "hd"
+    assert root.find("os/kernel") is None
+    assert root.find("vcpu").get("current") is None and root.findtext("vcpu") == "1"
+    assert root.find("devices/interface/mtu").get("size") == str(lv.DEFAULT_MTU)
+    assert root.find("devices/disk/source").get("file") == "/var/lib/mcm/vms/plain.qcow2"
+    assert root.find("devices/serial").get("type") == "pty"
+    assert root.find("metadata") is None
+    assert vm["managed_volume"] is True
+
+
+def test_domain_xml_escapes():
+    vm = make_vm(boot={"kernel": "/k", "initrd": None, "cmdline": "a='1' & b<2"})
+    root = ET.fromstring(lv.domain_xml(vm))
+    assert root.findtext("os/cmdline") == "a='1' & b<2"
+    assert root.find("os/initrd") is None
+
+
+def test_mac_derived_from_metadata():
+    vm = make_vm()
+    assert vm["mac"] == naming.vm_mac("acme", "web1")
+    assert make_vm()["mac"] == vm["mac"]  # deterministic
+
+
+def test_uuid_kept_on_redefinition():
+    vm = make_vm(uuid="0b5e5d3a-1111-2222-3333-444455556666")
+    root = ET.fromstring(lv.domain_xml(vm))
+    assert root.findtext("uuid") == "0b5e5d3a-1111-2222-3333-444455556666"
+
+
+def test_metadata_round_trip():
+    vm = make_vm(metadata={"tenant": "acme", "network": "db", "vm": "x&<y"})
+    parsed = lv.parse_domain(lv.domain_xml(vm))
+    assert parsed["metadata"] == {"tenant": "acme", "network": "db", "vm": "x&<y"}
+    assert lv.compare(vm, lv.domain_xml(vm)) == []
+
+
+def test_parse_reads_back_what_domain_xml_writes():
+    vm = make_vm(vcpus=2, max_vcpus=3)
+    parsed = lv.parse_domain(lv.domain_xml(vm))
+    assert {k: parsed[k] for k in lv.managed_view(vm)} == lv.managed_view(vm)
+
+
+# A domain as libvirt returns it (KiB, addresses, aliases, a second console element).
+LIVE = """<domain type='qemu' id='7'>
+  <name>acme-web1</name>
+  <uuid>6f1c7a30-9a51-4f7e-9a4b-0d6f7e1c2b3a</uuid>
+  <metadata>
+    <mcm:vm xmlns:mcm="https://multicloud.migration/xmlns/vm/1"
+            tenant="acme" network="web" vm="web1"/>
+  </metadata>
+  <memory unit='KiB'>131072</memory>
+  <currentMemory unit='KiB'>131072</currentMemory>
+  <vcpu placement='static'>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>
+    <kernel>/var/lib/mcm/images/vmlinuz</kernel>
+    <initrd>/var/lib/mcm/images/initrd.img</initrd>
+    <cmdline>console=ttyS0 panic=-1 mcm.hostname=web1</cmdline>
+    <boot dev='hd'/>
+  </os>
+  <features><acpi/><apic/></features>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/mcm/vms/acme-web1.qcow2' index='1'/>
+      <backingStore type='file' index='2'>
+        <format type='qcow2'/>
+        <source file='/var/lib/mcm/images/disk.qcow2'/>
+      </backingStore>
+      <target dev='vda' bus='virtio'/>
+      <alias name='virtio-disk0'/>
+    </disk>
+    <interface type='bridge'>
+      <mac address='MAC'/>
+      <source bridge='brq-1001'/>
+      <target dev='vnet3'/>
+      <model type='virtio'/>
+      <mtu size='1450'/>
+      <alias name='net0'/>
+    </interface>
+    <serial type='unix'>
+      <source mode='bind' path='/var/lib/mcm/console/acme-web1.console'/>
+      <log file='/var/lib/mcm/console/acme-web1.log' append='on'/>
+      <target type='isa-serial' port='0'><model name='isa-serial'/></target>
+    </serial>
+    <console type='unix'>
+      <source mode='bind' path='/var/lib/mcm/console/acme-web1.console'/>
+      <target type='serial' port='0'/>
+    </console>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+""".replace("MAC", naming.vm_mac("acme", "web1"))
+
+
+def attributes(diffs):
+    return {d["attribute"]: (d["from"], d["to"]) for d in diffs}
+
+
+def test_compare_nothing_changed():
+    assert lv.compare(make_vm(), LIVE) == []
+
+
+def test_compare_memory_change():
+    assert attributes(lv.compare(make_vm(memory_mib=256), LIVE)) == {"memory_mib": (128, 256)}
+
+
+def test_compare_lowered_current_memory_is_drift():
+    live = LIVE.replace("<currentMemory unit='KiB'>131072", "<currentMemory unit='KiB'>65536")
+    assert attributes(lv.compare(make_vm(), live)) == {"memory_mib": (64, 128)}
+
+
+def test_compare_vcpu_change():
+    assert attributes(lv.compare(make_vm(vcpus=2), LIVE)) == {
+        "vcpus": (1, 2),
+        "max_vcpus": (1, 2),
+    }
+    live = LIVE.replace("<vcpu placement='static'>1", "<vcpu placement='static' current='1'>4")
+    assert attributes(lv.compare(make_vm(vcpus=2, max_vcpus=4), live)) == {"vcpus": (1, 2)}
+
+
+def test_compare_mac_change():
+    diffs = attributes(lv.compare(make_vm(mac="52:54:00:00:00:99"), LIVE))
+    assert diffs == {"mac": (naming.vm_mac("acme", "web1"), "52:54:00:00:00:99")}
+
+
+def test_compare_bridge_and_mtu_change():
+    diffs = attributes(lv.compare(make_vm(bridge="brq-2002", mtu=1400), LIVE))
+    assert diffs == {"bridge": ("brq-1001", "brq-2002"), "mtu": (1450, 1400)}
+
+
+def test_compare_disk_boot_console_metadata():
+    vm = make_vm(
+        disk="/srv/other.qcow2",
+        boot=None,
+        console_log=None,
+        metadata={"tenant": "acme", "network": "db", "vm": "web1"},
+    )
+    assert set(attributes(lv.compare(vm, LIVE))) == {"disk", "boot", "console", "metadata"}
+
+
+def test_compare_foreign_domain_has_no_metadata():
+    live = LIVE.replace('tenant="acme"', 'tenant="other"')
+    assert attributes(lv.compare(make_vm(), live))["metadata"][0]["tenant"] == "other"
+    no_meta = LIVE.split("<metadata>")[0] + LIVE.split("</metadata>")[1]
+    assert lv.parse_domain(no_meta)["metadata"] is None
+
+
+def test_compare_domain_type_only_when_asked():
+    assert lv.compare(make_vm(), LIVE.replace("type='qemu'", "type='kvm'", 1)) == []
+    want = make_vm(domain_type="qemu")
+    live = LIVE.replace("type='qemu'", "type='kvm'", 1)
+    assert attributes(lv.compare(want, live)) == {"domain_type": ("kvm", "qemu")}
+
+
+def test_parse_live_details():
+    parsed = lv.parse_domain(LIVE)
+    assert parsed["interfaces"][0]["target"] == "vnet3"
+    assert parsed["disks"][0]["backing"] == "/var/lib/mcm/images/disk.qcow2"
+    assert parsed["uuid"].startswith("6f1c7a30")
+
+
+CAPS = """<capabilities><host><cpu><arch>x86_64</arch></cpu></host>
+<guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/>{kvm}</arch></guest>
+</capabilities>"""
+
+
+def test_domain_type(tmp_path):
+    device = tmp_path / "kvm"
+    assert lv.pick_domain_type(CAPS.format(kvm=""), str(device)) == ("qemu", "x86_64")
+    assert lv.pick_domain_type(CAPS.format(kvm="<domain type='kvm'/>"), str(device))[0] == "qemu"
+    device.write_text("")
+    assert lv.pick_domain_type(CAPS.format(kvm="<domain type='kvm'/>"), str(device))[0] == "kvm"
+    assert lv.pick_domain_type(CAPS.format(kvm=""), str(device))[0] == "qemu"
+
+
+def test_qcow2_virtual_size(tmp_path):
+    image = tmp_path / "disk.qcow2"
+    image.write_bytes(b"QFI\xfb" + b"\0" * 20 + struct.pack(">Q", 64 << 20) + b"\0" * 64)
+    assert lv.qcow2_virtual_size(str(image)) == 64 << 20
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\0" * 64)
+    assert lv.qcow2_virtual_size(str(raw)) is None
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"name": "v", "bridge": "b"}, "give mac, or metadata"),
+        ({"name": "v", "mac": "52:54:00:00:00:01"}, "bridge is required"),
+        ({"name": "v", "mac": "nope", "bridge": "b"}, "not a MAC"),
+        ({"name": "v", "mac": "01:00:5e:00:00:01", "bridge": "b"}, "multicast"),
+        ({"name": "v", "mac": "52:54:00:00:00:01", "bridge": "b", "vcpus": 4, "max_vcpus": 2},
+         "max_vcpus"),
+        ({"name": "v", "mac": "52:54:00:00:00:01", "bridge": "b", "memory_mib": 0}, "memory_mib"),
+        ({"name": "v", "mac": "52:54:00:00:00:01", "bridge": "b", "state": "paused"}, "state"),
+        ({"name": "v", "mac": "52:54:00:00:00:01", "bridge": "b",
+          "console_log": "/" + "x" * 120 + "/log"}, "longer than"),
+    ],
+)  # fmt: skip
+def test_input_errors_name_the_vm(item, message):
+    with pytest.raises(lv.VmError, match=message) as info:
+        lv.normalize_vm(item)
+    assert "VM v" in str(info.value)
+
+
+def test_absent_needs_only_the_name():
+    vm = lv.normalize_vm({"name": "gone", "state": "absent"})
+    assert vm["state"] == "absent" and vm["pool"] == lv.DEFAULT_POOL
+
+
+def test_metadata_with_only_nones_is_none():
+    vm = lv.normalize_vm(
+        {"name": "v", "mac": "52:54:00:00:00:01", "bridge": "b",
+         "metadata": {"tenant": None, "network": None, "vm": None}}
+    )  # fmt: skip
+    assert vm["metadata"] is None
+    assert "metadata" not in lv.domain_xml(vm)
+
+
+def test_scope_matches_tenant_exactly():
+    assert lv._in_scope({"tenant": "acme"}, ["acme"])
+    assert not lv._in_scope({"tenant": "acme-x"}, ["acme"])
+    assert not lv._in_scope(None, ["acme"])
+    assert lv._in_scope({"tenant": "anyone"}, None)
+    assert not lv._in_scope(None, None)  # foreign domains are never ours
