@@ -14,6 +14,7 @@ from ansible_collections.multicloud.migration.plugins.module_utils.plan import (
     host_plan,
     hosts_from_inventory,
     removal_plan,
+    vm_plans,
 )
 
 DOCUMENTATION = r"""
@@ -50,7 +51,7 @@ options:
     description: C(tenant/network) to cloud, for networks that were migrated.
     type: dict
     default: {}
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 """
 
 EXAMPLES = r"""
@@ -80,6 +81,28 @@ def host_plans(
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def vm_placement(
+    spec: Mapping[str, Any],
+    clouds: list[str],
+    groups: Mapping[str, list[str]],
+    hostvars: Mapping[str, Mapping],
+    *,
+    existing: Mapping[str, list[str]] | None = None,
+    placement: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Each cloud host's VMs (config of multicloud.migration.vm), placed on the spec's clouds.
+
+    ``existing`` maps hosts to the domain names of ours they run now (VMs stay there);
+    each host's ``mcm_vm_boot`` (kernel, initrd, cmdline) selects direct kernel boot.
+    """
+    try:
+        hosts = hosts_from_inventory(clouds, groups, hostvars)
+        boot = {name: hostvars[name].get("mcm_vm_boot") for name in hosts}
+        return vm_plans(spec, hosts, existing or {}, boot=boot, placement=placement)
+    except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
 def removal_plans(tenants: list[str], hosts: list[str]) -> dict[str, Any]:
     """Plans that carry nothing of ``tenants`` on each of ``hosts`` (delete_infra.yml)."""
     return {host: removal_plan(host, tenants) for host in hosts}
@@ -87,4 +110,8 @@ def removal_plans(tenants: list[str], hosts: list[str]) -> dict[str, Any]:
 
 class FilterModule:
     def filters(self) -> dict[str, Any]:
-        return {"host_plans": host_plans, "removal_plans": removal_plans}
+        return {
+            "host_plans": host_plans,
+            "removal_plans": removal_plans,
+            "vm_placement": vm_placement,
+        }

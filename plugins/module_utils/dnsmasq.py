@@ -899,11 +899,13 @@ def _converge_one(
         elif change.action == "start":
             change.pid = processes.start(want, directory)
         elif change.action == "restart":
-            assert pid is not None
+            if pid is None:
+                raise AssertionError(f"dnsmasq instance {name!r}: restart without a running pid")
             processes.stop(pid, directory)
             change.pid = processes.start(want, directory)
         elif change.action == "reload":
-            assert pid is not None
+            if pid is None:
+                raise AssertionError(f"dnsmasq instance {name!r}: reload without a running pid")
             if not processes.reload(pid, directory):
                 result.warnings.append(
                     f"dnsmasq instance {name!r}: sent SIGHUP to pid {pid}, but its log did not "

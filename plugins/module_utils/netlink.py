@@ -39,7 +39,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 try:
     from pyroute2 import IPRoute
@@ -123,7 +123,8 @@ def ns_label(namespace: str | None) -> str:
     return ROOT_LABEL if namespace is None else namespace
 
 
-Scope = str | Iterable[str] | None
+# Quoted: only annotations use it, and module_utils must import on older target Pythons.
+Scope: TypeAlias = "str | Iterable[str] | None"
 
 
 def scope_list(scope: Scope) -> list[str]:
@@ -705,7 +706,7 @@ def diff_links(
         elif update:
             updates.append(make_change("update", "link", w["name"], w["namespace"], update))
     builds.sort(key=lambda item: item[0])
-    changes.extend(change for _, change in builds)
+    changes.extend(change for _rank, change in builds)
     changes.extend(updates)
     return changes
 

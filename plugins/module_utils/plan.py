@@ -82,6 +82,7 @@ def removal_plan(host: str, tenants: Iterable[str]) -> dict[str, Any]:
         "routes": [],
         "fdb": [],
         "dnsmasq": [],
+        "dhcp_clients": [],
     }
 
 
@@ -177,6 +178,7 @@ def host_plan(
     routes: dict[str, list[dict]] = {}
     fdb: dict[str, set[str]] = {}
     dnsmasq: list[dict] = []
+    clients: set[str] = set()  # MACs of the VMs whose leases this host's dnsmasq hands out
 
     def link(item: dict) -> None:
         key = (item.get("namespace"), item["name"])
@@ -237,6 +239,9 @@ def host_plan(
             addresses[(ns, ns_leg)] = [f"{net['dhcp']['server']}/{prefix}"]
             if net["gateway"] and net["routed"]:
                 routes[ns] = [{"dst": "default", "gateway": net["gateway"]}]
+            clients.update(
+                vm["mac"] for vm in net["vms"] if vm.get("state", "present") == "present"
+            )
             dnsmasq.append(
                 {
                     "name": ns,
@@ -303,11 +308,12 @@ def host_plan(
             for dev, peers in sorted(fdb.items())
         ],
         "dnsmasq": sorted(dnsmasq, key=lambda d: d["name"]),
+        "dhcp_clients": sorted(clients),
     }
 
 
 def _ns_key(item: tuple[tuple[str | None, str], Any]) -> tuple[str, str]:
-    (namespace, name), _ = item
+    (namespace, name), _value = item
     return namespace or "", name
 
 
@@ -336,3 +342,103 @@ def tenant_namespaces(spec: Mapping[str, Any], tenant: str) -> list[str]:
             if net.get("router_namespace"):
                 names.add(net["router_namespace"])
     return sorted(names)
+
+
+def vm_plans(
+    spec: Mapping[str, Any],
+    hosts: Mapping[str, Host],
+    existing: Mapping[str, Iterable[str]],
+    *,
+    boot: Mapping[str, Mapping | None] | None = None,
+    placement: Mapping[str, str] | None = None,
+    console_dir: str = "/var/lib/mcm/console",
+) -> dict[str, dict[str, Any]]:
+    """Place every present VM on a host of its network's cloud; return each host's VMs.
+
+    A VM stays where it runs (``existing``: host -> domain names found there) as long as
+    that host is in its network's cloud; a spec ``host`` pins it; any other VM goes to
+    the least loaded host of the cloud (ties by name). Adding a VM therefore never moves
+    another one. ``boot`` gives each host's direct-kernel-boot settings (the lab's guest
+    kernel), or none to boot from the disk.
+    """
+    placement = placement or {}
+    boot = boot or {}
+    where: dict[str, str] = {}
+    for host, names in existing.items():
+        for name in names:
+            where.setdefault(name, host)
+    load = {h: 0 for h in hosts}
+    for host, names in existing.items():
+        if host in load:
+            load[host] += len(list(names))
+    pending: list[tuple[dict, dict, dict, list[Host]]] = []
+    plans: dict[str, dict[str, Any]] = {
+        h: {"host": h, "tenants": sorted({t["name"] for t in spec.get("tenants", [])}), "vms": []}
+        for h in sorted(hosts)
+    }
+    problems = []
+    chosen: dict[str, str] = {}
+    for tenant, net in _present_networks(spec):
+        cloud = placement.get(f"{tenant['name']}/{net['name']}", net["cloud"])
+        members = cloud_hosts(hosts, cloud)
+        for vm in net["vms"]:
+            if vm.get("state", "present") != "present":
+                continue
+            name = vm["domain_name"]
+            names = [m.name for m in members]
+            if vm.get("host"):
+                if vm["host"] not in names:
+                    problems.append(
+                        f"vm {tenant['name']}/{vm['name']}: host {vm['host']} is not in cloud "
+                        f"{cloud} ({', '.join(names) or 'no hosts'})"
+                    )
+                    continue
+                chosen[name] = vm["host"]
+            elif where.get(name) in names:
+                chosen[name] = where[name]
+            else:
+                pending.append((tenant, net, vm, members))
+                continue
+            if where.get(name) != chosen[name]:
+                load[chosen[name]] += 1
+            plans[chosen[name]]["vms"].append(
+                _vm_config(tenant, net, vm, boot=boot, console_dir=console_dir, host=chosen[name])
+            )
+    if problems:
+        raise PlanError("; ".join(problems))
+    for tenant, net, vm, members in pending:
+        target = min(members, key=lambda m: (load[m.name], m.name)).name
+        load[target] += 1
+        plans[target]["vms"].append(
+            _vm_config(tenant, net, vm, boot=boot, console_dir=console_dir, host=target)
+        )
+    for plan in plans.values():
+        plan["vms"].sort(key=lambda v: v["name"])
+    return plans
+
+
+def _vm_config(
+    tenant: Mapping, net: Mapping, vm: Mapping, *, boot: Mapping, console_dir: str, host: str
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "name": vm["domain_name"],
+        "state": "running",
+        "memory_mib": vm["memory_mib"],
+        "vcpus": vm["vcpus"],
+        "mac": vm["mac"],
+        "bridge": net["bridge"],
+        "mtu": TENANT_MTU,
+        "disk_mib": vm["disk_mib"],
+        "console_log": f"{console_dir}/{vm['domain_name']}.log",
+        "metadata": {"tenant": tenant["name"], "network": net["name"], "vm": vm["name"]},
+    }
+    if vm.get("image"):
+        config["image"] = vm["image"]
+    host_boot = boot.get(host)
+    if host_boot:
+        config["boot"] = {
+            "kernel": host_boot["kernel"],
+            "initrd": host_boot["initrd"],
+            "cmdline": f"{host_boot.get('cmdline', '')} mcm.hostname={vm['name']}".strip(),
+        }
+    return config

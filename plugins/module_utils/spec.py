@@ -874,7 +874,8 @@ class _Checker:
                         f"{net.cloud!r} share one segment: vni {net.vni} differs from vni "
                         f"{chosen.vni} of network {chosen.name!r} ({chosen.path})",
                     )
-            assert chosen.vni is not None
+            if chosen.vni is None:
+                raise AssertionError(f"network {chosen.name!r} has no vni after validation")
             owner = owners.setdefault(chosen.vni, chosen)
             if owner is not chosen:
                 self.add(
@@ -971,7 +972,8 @@ def normalize(spec: Any, clouds: Iterable[str] | None = None) -> dict[str, Any]:
 
     tenants = []
     for tenant in checker.tenants:
-        assert tenant.name is not None
+        if tenant.name is None:
+            raise AssertionError("a tenant without a name passed validation")
         networks = [
             _normal_network(tenant, net, vnis[net.segment_key], leg_index[id(net)])  # type: ignore[index]
             for net in tenant.networks
@@ -988,7 +990,8 @@ def normalize(spec: Any, clouds: Iterable[str] | None = None) -> dict[str, Any]:
 
 
 def _normal_network(tenant: _Tenant, net: _Network, vni: int, leg_index: int) -> dict[str, Any]:
-    assert tenant.name is not None and net.name is not None and net.subnet is not None
+    if tenant.name is None or net.name is None or net.subnet is None:
+        raise AssertionError("a network without tenant, name or subnet passed validation")
     routed = net.mode != "system"
     dhcp_on = net.dhcp_on
     domain = None
@@ -1024,7 +1027,8 @@ def _normal_network(tenant: _Tenant, net: _Network, vni: int, leg_index: int) ->
 
 
 def _normal_vm(tenant: str, network: str, vm: _Vm, dns_domain: str | None) -> dict[str, Any]:
-    assert vm.name is not None
+    if vm.name is None:
+        raise AssertionError("a VM without a name passed validation")
     return {
         "tenant": tenant,
         "network": network,

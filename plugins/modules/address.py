@@ -18,7 +18,7 @@ description:
   - Addresses of ours are those on links of ours (interface alias starting with C(mcm:),
     see M(multicloud.migration.link)) and on other interfaces, except C(lo), inside
     namespaces of ours (C(qdhcp-*), C(qrouter-*)).
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host
 options:

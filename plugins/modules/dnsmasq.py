@@ -28,7 +28,7 @@ description:
   - The module does not create namespaces, interfaces or addresses. The namespace, the
     interface in it and the server address on that interface must exist.
 author:
-  - multicloud.migration contributors
+  - multicloud.migration contributors (@multicloud)
 extends_documentation_fragment:
   - multicloud.migration._attributes
 requirements:

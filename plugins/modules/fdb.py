@@ -20,7 +20,7 @@ description:
   - Entries of our kind are static (permanent, C(self)) entries with a destination;
     learned entries are never touched. Entries are only removed from VXLAN devices of ours
     (alias starting with C(mcm:), see M(multicloud.migration.link)).
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host
 options:

@@ -24,7 +24,7 @@ description:
   - Links created by this module carry their O(config[].owner) tag as interface alias
     (C(ifalias), as in C(ip link set dev X alias mcm:acme/web)). Links whose alias starts
     with C(mcm:) are ours; no other link is ever removed.
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host
 options:

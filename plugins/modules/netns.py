@@ -19,7 +19,7 @@ description:
   - Namespaces of ours are those whose names start with C(qdhcp-) or C(qrouter-) (DHCP and
     router namespaces of tenant networks). Only those are ever removed, by O(state=overridden),
     O(state=deleted) or an item's O(config[].state=absent).
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host
 options:

@@ -19,7 +19,7 @@ description:
   - Routes of ours are those, other than the kernel's connected routes (C(proto kernel)),
     inside namespaces of ours (C(qdhcp-*), C(qrouter-*)) or through a link of ours (alias
     starting with C(mcm:)). No other route is ever removed.
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host
 options:

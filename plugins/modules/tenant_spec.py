@@ -17,7 +17,7 @@ description:
     of the offending value, such as C(tenants[0].networks[1].subnet). Nothing is changed
     anywhere. Run it on the controller before any host is touched.
   - YAML syntax errors name the line and column.
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 options:
   path:
     description:

@@ -185,3 +185,61 @@ def test_removal_plan_carries_nothing_and_scopes_the_tenant():
     p = plan.removal_plan("mcm-a1", ["acme"])
     assert p["scopes"] == ["mcm:acme/"] and p["namespace_scopes"] == ["qdhcp-acme.", "qrouter-acme"]
     assert all(p[k] == [] for k in ("netns", "links", "addresses", "routes", "fdb", "dnsmasq"))
+
+
+BOOT = {"kernel": "/img/vmlinuz", "initrd": "/img/initrd.img", "cmdline": "console=ttyS0"}
+
+
+def vms_of(plans):
+    return {h: [v["name"] for v in p["vms"]] for h, p in plans.items()}
+
+
+def test_vms_spread_over_the_cloud_and_get_their_network():
+    normal = example()
+    plans = plan.vm_plans(normal, hosts(), {}, boot=dict.fromkeys(HOSTVARS, BOOT))
+    assert vms_of(plans) == {
+        "mcm-a1": ["acme-db1", "acme-web1"],
+        "mcm-a2": ["acme-web2"],
+        "mcm-b1": ["globex-app1"],
+    }
+    web1 = next(v for p in plans.values() for v in p["vms"] if v["name"] == "acme-web1")
+    web = net(normal, "acme", "web")
+    assert web1["bridge"] == web["bridge"] and web1["mac"] == web["vms"][0]["mac"]
+    assert web1["memory_mib"] == 128 and web1["disk_mib"] == 64 and web1["state"] == "running"
+    assert web1["metadata"] == {"tenant": "acme", "network": "web", "vm": "web1"}
+    assert web1["boot"]["cmdline"] == "console=ttyS0 mcm.hostname=web1"
+    assert web1["console_log"] == "/var/lib/mcm/console/acme-web1.log"
+    # web1 and web2 land on different hosts: the two-host cloud is used
+    placed = {v["name"]: h for h, p in plans.items() for v in p["vms"]}
+    assert placed["acme-web1"] != placed["acme-web2"]
+    assert plans["mcm-a1"]["tenants"] == ["acme", "globex"]
+
+
+def test_vms_stay_where_they_run_and_new_ones_do_not_move_them():
+    normal = example()
+    existing = {"mcm-a2": ["acme-web1", "acme-web2", "acme-db1"]}
+    plans = plan.vm_plans(normal, hosts(), existing)
+    assert vms_of(plans)["mcm-a2"] == ["acme-db1", "acme-web1", "acme-web2"]
+    assert vms_of(plans)["mcm-a1"] == []
+    assert "boot" not in plans["mcm-a2"]["vms"][0]  # no boot settings: boot from disk
+    # a VM found on a host outside its cloud is placed in its cloud again
+    plans = plan.vm_plans(normal, hosts(), {"mcm-b1": ["acme-web1"]})
+    assert "acme-web1" not in vms_of(plans)["mcm-b1"]
+
+
+def test_vm_host_pin_must_be_in_the_cloud():
+    data = spec.load_spec_text((ROOT / "docs/examples/tenants.yml").read_text())
+    data["tenants"][0]["networks"][0]["vms"][0]["host"] = "mcm-a2"
+    data["tenants"][0]["networks"][0]["vms"][1]["host"] = "mcm-a2"
+    plans = plan.vm_plans(spec.normalize(data, clouds=GROUPS), hosts(), {})
+    assert {"acme-web1", "acme-web2"} <= set(vms_of(plans)["mcm-a2"])
+    data["tenants"][0]["networks"][0]["vms"][0]["host"] = "mcm-b1"
+    with pytest.raises(plan.PlanError, match=r"vm acme/web1: host mcm-b1 is not in cloud cloud_a"):
+        plan.vm_plans(spec.normalize(data, clouds=GROUPS), hosts(), {})
+
+
+def test_absent_vms_are_not_planned():
+    data = spec.load_spec_text((ROOT / "docs/examples/tenants.yml").read_text())
+    data["tenants"][0]["networks"][0]["vms"][1]["state"] = "absent"
+    plans = plan.vm_plans(spec.normalize(data, clouds=GROUPS), hosts(), {})
+    assert "acme-web2" not in [v for vs in vms_of(plans).values() for v in vs]
