@@ -40,10 +40,13 @@ def hosts(topology: lab.Topology) -> dict[str, testinfra.host.Host]:
     return {name: testinfra.get_host(f"podman://{name}") for name in topology.host_names}
 
 
-def run(argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], timeout: float = 600, input_text: str | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        argv, cwd=ROOT, env=lab_env(), capture_output=True, text=True, timeout=timeout, check=False
-    )
+        argv, cwd=ROOT, env=lab_env(), capture_output=True, text=True, timeout=timeout,
+        check=False, input=input_text,
+    )  # fmt: skip
 
 
 def ansible_json(argv: list[str], timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
