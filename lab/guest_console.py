@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Run shell commands on a lab guest through its serial console (inside a lab host).
 
     python3 guest_console.py SOCKET 'command' ['command' ...]

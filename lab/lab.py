@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """The embedded multi-cloud lab: build its images, start and stop its hosts.
 
 Each cloud host is a privileged podman container named exactly as its inventory host in
@@ -294,7 +294,7 @@ def parse_apt_sources(texts: Iterable[str]) -> dict[str, str]:
             for line in stanza.splitlines():
                 if line.startswith("#") or ":" not in line or line[:1].isspace():
                     continue
-                key, _, value = line.partition(":")
+                key, _sep, value = line.partition(":")
                 fields[key.strip().lower()] = value.strip()
             if fields.get("types", "").split().count("deb") and "uris" in fields:
                 uri = fields["uris"].split()[0]
@@ -620,7 +620,7 @@ def cmd_clean(topo: Topology) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument(
         "command",
         choices=["up", "down", "clean", "status", "images", "hosts"],

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Lab self-check, run inside one lab host: boot the guest image and see it take a lease.
 
 It builds a throwaway L2 segment (a bridge, a DHCP namespace with a veth leg created
@@ -144,7 +144,7 @@ def ping(ip: str, count: int = 3) -> int:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    out, _ = proc.communicate(timeout=20)
+    out, _err = proc.communicate(timeout=20)
     received = 0
     for row in out.decode().splitlines():
         if "packets transmitted" in row:
@@ -264,7 +264,7 @@ def run(images: Path, work: Path, boot_timeout: float) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--images", type=Path, default=Path("/var/lib/mcm/images"))
     parser.add_argument("--work", type=Path, default=Path("/var/lib/mcm/smoke"))
     parser.add_argument("--boot-timeout", type=float, default=180.0)

@@ -17,54 +17,7 @@ from ansible_collections.multicloud.migration.plugins.module_utils.plan import (
     vm_plans,
 )
 
-DOCUMENTATION = r"""
-name: host_plans
-short_description: What every cloud host must carry for a normalised tenant spec
-version_added: 0.1.0
-description:
-  - Takes the normalised spec returned by M(multicloud.migration.tenant_spec) and returns,
-    for every host of the cloud groups, its desired namespaces, links, addresses, routes,
-    FDB entries and dnsmasq instances, in the shapes the collection's resource modules take
-    as O(multicloud.migration.link#module:config) and so on.
-  - Hosts need the variables C(underlay_ip) (used by peers in the same cloud) and
-    C(wan_ip) (used by peers in other clouds); C(mcm_network_node=true) picks the host
-    of a cloud that runs DHCP and the tenant routers (default the first by name).
-options:
-  _input:
-    description: The normalised spec.
-    type: dict
-    required: true
-  clouds:
-    description: Names of the inventory groups that are clouds.
-    type: list
-    elements: str
-    required: true
-  groups:
-    description: The C(groups) variable.
-    type: dict
-    required: true
-  hostvars:
-    description: The C(hostvars) variable.
-    type: dict
-    required: true
-  placement:
-    description: C(tenant/network) to cloud, for networks that were migrated.
-    type: dict
-    default: {}
-author: multicloud.migration contributors (@multicloud)
-"""
-
-EXAMPLES = r"""
-- name: Plan every host
-  ansible.builtin.set_fact:
-    mcm_plans: "{{ tenant_spec.spec | multicloud.migration.host_plans(clouds=mcm_clouds, groups=groups, hostvars=hostvars) }}"
-"""
-
-RETURN = r"""
-_value:
-  description: Host name to its plan (host, cloud, tenants, scopes, netns, links, addresses, routes, fdb, dnsmasq).
-  type: dict
-"""
+# Documentation: host_plans.yml, removal_plans.yml, vm_placement.yml beside this file.
 
 
 def host_plans(

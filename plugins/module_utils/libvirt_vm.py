@@ -543,7 +543,7 @@ def _volume_xml(
 
 def volume_record(vol: Any, pool_name: str) -> dict[str, Any]:
     root = ET.fromstring(vol.XMLDesc(0))
-    _, capacity, allocation = vol.info()
+    _kind, capacity, allocation = vol.info()
     fmt = root.find("./target/format")
     backing = root.findtext("./backingStore/path")
     return {
@@ -1132,7 +1132,7 @@ def _predict(before: dict[str, Any] | None, vm: Mapping[str, Any]) -> dict[str, 
     if vm["state"] == "absent":
         return None
     after = dict(before or {})
-    after.update({k: v for k, v in managed_view(vm).items()})
+    after.update(managed_view(vm))
     after["name"] = vm["name"]
     after["state"] = vm["state"]
     after["autostart"] = vm["autostart"]

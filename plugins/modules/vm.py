@@ -36,7 +36,7 @@ description:
     it), when the image or a boot file is missing, or when the pool has no room for the
     volume. When a VM fails while being created, the domain and the volume this call created
     for it are removed again.
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - libvirt-python (Debian package C(python3-libvirt)) on the managed host
   - libvirtd with the QEMU driver, reachable as root on C(qemu:///system)

@@ -17,7 +17,7 @@ description:
     C(/var/lib/mcm/dhcp/*/leases) (written by M(multicloud.migration.dnsmasq)) - and
     returns the leases found, so the address of a VM is known without entering it.
   - Changes nothing.
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - libvirt-python (Debian package C(python3-libvirt)) on the managed host
 options:

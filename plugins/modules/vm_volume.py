@@ -22,7 +22,7 @@ description:
   - M(multicloud.migration.vm) creates the volume C(<name>.qcow2) of a VM by itself with
     the same code; this module is for volumes on their own (staging a disk before a
     migration, inspecting or cleaning up a pool).
-author: multicloud.migration contributors
+author: multicloud.migration contributors (@multicloud)
 requirements:
   - libvirt-python (Debian package C(python3-libvirt)) on the managed host
 options:

@@ -351,7 +351,9 @@ def test_check_mode_reports_and_changes_nothing(net, tmp_path):
 def test_added_reservation_reloads(net, tmp_path, measured):
     pid = pid_of(net)
     leases = lease_file(net)
-    rc, result, _ = converge(tmp_path, "merged", [{"name": INSTANCE["name"], "hosts": [ADDED]}])
+    rc, result, _stats = converge(
+        tmp_path, "merged", [{"name": INSTANCE["name"], "hosts": [ADDED]}]
+    )
     assert rc == 0, result
     assert actions(result) == ["write", "reload"]
     assert result["changes"][0]["files"] == ["hosts", "addn_hosts"]
@@ -371,7 +373,7 @@ def test_mtu_change_restarts_and_keeps_leases(net, tmp_path, measured):
     leases = lease_file(net)
     assert len(leases) == 3
     config = {**INSTANCE, "mtu": 1400, "hosts": [RESERVED, ADDED]}
-    rc, result, _ = converge(tmp_path, "replaced", [config])
+    rc, result, _stats = converge(tmp_path, "replaced", [config])
     assert rc == 0, result
     assert actions(result) == ["write", "restart"]
     assert result["changes"][0]["files"] == ["dnsmasq.conf"]
@@ -383,7 +385,7 @@ def test_mtu_change_restarts_and_keeps_leases(net, tmp_path, measured):
     lease = dhcp(net, DYNAMIC_MAC, "cli1")
     assert lease["mtu"] == 1400
     assert (DYNAMIC_MAC, lease["ip"]) in leases
-    rc, result, _ = converge(tmp_path, "replaced", [config])
+    rc, result, _stats = converge(tmp_path, "replaced", [config])
     assert rc == 0 and result["changes"] == []
 
 
@@ -402,7 +404,7 @@ ip -n {NS} addr add {SERVER}/24 dev {LEG}
 ip -n {NS} link set {LEG} up
 """)
     config = {**INSTANCE, "mtu": 1400, "hosts": [RESERVED, ADDED]}
-    rc, result, _ = converge(tmp_path, "replaced", [config])
+    rc, result, _stats = converge(tmp_path, "replaced", [config])
     assert rc == 0, result
     assert actions(result) == ["restart"]
     assert "re-created" in result["changes"][0]["reason"]
@@ -428,19 +430,19 @@ def test_gathered(net, tmp_path):
 
 
 def test_errors_name_the_instance_and_the_cause(net, tmp_path):
-    rc, result, _ = converge(
+    rc, result, _stats = converge(
         tmp_path, "merged", [{**INSTANCE, "name": "dmtest-nons", "namespace": "dmtest-missing"}]
     )
     assert rc != 0 and result["failed"]
     assert "'dmtest-nons'" in result["msg"] and "does not exist" in result["msg"]
 
-    rc, result, _ = converge(
+    rc, result, _stats = converge(
         tmp_path, "merged", [{**INSTANCE, "name": "dmtest-noif", "interface": "dmtest-zz"}]
     )
     assert rc != 0 and "interface 'dmtest-zz' does not exist" in result["msg"]
 
     # A second server on the same leg cannot bind the DHCP port: the log tail is reported.
-    rc, result, _ = converge(tmp_path, "merged", [{**INSTANCE, "name": "dmtest-dup"}])
+    rc, result, _stats = converge(tmp_path, "merged", [{**INSTANCE, "name": "dmtest-dup"}])
     assert rc != 0 and "'dmtest-dup'" in result["msg"]
     assert "failed to start" in result["msg"] and "Address already in use" in result["msg"], result
     assert not net.run("test -d /var/lib/mcm/dhcp/dmtest-nons").succeeded
@@ -449,7 +451,7 @@ def test_errors_name_the_instance_and_the_cause(net, tmp_path):
 def test_overridden_removes_unlisted_instances_in_scope(net, tmp_path):
     # dmtest-dup (left by the failed start above) is in scope and not listed
     config = {**INSTANCE, "mtu": 1400, "hosts": [RESERVED, ADDED]}
-    rc, result, _ = converge(tmp_path, "overridden", [config])
+    rc, result, _stats = converge(tmp_path, "overridden", [config])
     assert rc == 0, result
     assert [(c["instance"], c["action"]) for c in result["changes"]] == [("dmtest-dup", "remove")]
     assert not net.run("test -d /var/lib/mcm/dhcp/dmtest-dup").succeeded

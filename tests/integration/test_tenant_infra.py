@@ -69,8 +69,8 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def normal(data=SPEC):
-    return specmod.normalize(data, clouds=CLOUDS)
+def normal(data=None):
+    return specmod.normalize(SPEC if data is None else data, clouds=CLOUDS)
 
 
 def net(data, tenant, name):

@@ -59,8 +59,8 @@ SPEC = {
 CONSOLE = (ROOT / "lab" / "guest_console.py").read_text()
 
 
-def normal(data=SPEC):
-    return specmod.normalize(data, clouds={"cloud_a", "cloud_b"})
+def normal(data=None):
+    return specmod.normalize(data or SPEC, clouds={"cloud_a", "cloud_b"})
 
 
 def vm_of(data, tenant, name):
@@ -143,16 +143,16 @@ def test_every_vm_runs_in_its_cloud_with_its_lease(infra):
     ok(proc, data)
     found = domains(infra["hosts"])
     assert set(found) == {"vta-w1", "vta-w2", "vta-d1", "vtb-b1"}
-    assert all(state == "running" for _, state in found.values()), found
-    assert all(host in ("mcm-a1", "mcm-a2") for host, _ in found.values())
+    assert all(state == "running" for _host, state in found.values()), found
+    assert all(host in ("mcm-a1", "mcm-a2") for host, _state in found.values())
     # the two VMs of one network are spread over the two hosts of cloud_a
     assert found["vta-w1"][0] != found["vta-w2"][0]
     leases = infra["hosts"]["mcm-a1"].check_output("cat /var/lib/mcm/dhcp/qdhcp-vta.web/leases")
     n = normal()
     for vm in ("w1", "w2"):
-        _, v = vm_of(n, "vta", vm)
+        _net, v = vm_of(n, "vta", vm)
         assert f"{v['mac']} {v['ip']} {vm}" in leases
-    _, d1 = vm_of(n, "vta", "d1")
+    _net, d1 = vm_of(n, "vta", "d1")
     assert d1["mac"] in infra["hosts"]["mcm-a1"].check_output(
         "cat /var/lib/mcm/dhcp/qdhcp-vta.db/leases"
     )
@@ -173,8 +173,8 @@ def test_vms_answer_from_their_dhcp_namespace(infra):
 def test_vms_reach_each_other_over_vxlan_and_through_the_router(infra):
     found = domains(infra["hosts"])
     n = normal()
-    _, w1 = vm_of(n, "vta", "w1")
-    _, b1 = vm_of(n, "vtb", "b1")
+    _net, w1 = vm_of(n, "vta", "w1")
+    _net, b1 = vm_of(n, "vtb", "b1")
     leases = infra["hosts"]["mcm-a1"].check_output("cat /var/lib/mcm/dhcp/qdhcp-vta.db/leases")
     d1_ip = leases.split()[2]
     res = guest(

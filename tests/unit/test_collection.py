@@ -46,7 +46,7 @@ def test_build_and_install(tmp_path):
     assert "galaxy.yml" not in names  # the build writes MANIFEST.json instead
     assert {"MANIFEST.json", "FILES.json", "meta/runtime.yml", "README.md"} <= set(names)
     # nothing of the local state or the self-referencing symlink is shipped
-    for prefix in (".venv", ".cache", ".lab", "collections", ".git"):
+    for prefix in (".venv", ".cache", ".lab", "collections", ".git", ".ansible", "build"):
         assert not [n for n in names if n == prefix or n.startswith(prefix + "/")], prefix
     dest = tmp_path / "installed"
     # Outside the checkout, where the collection is not already resolvable.

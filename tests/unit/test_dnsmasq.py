@@ -408,7 +408,7 @@ def test_check_mode_touches_nothing(env):
 
 
 def test_replaced_drops_unlisted_reservations(env):
-    _, run, _ = env
+    _procs, run, _root = env
     run("merged", [BASE])
     result = run("replaced", [{**BASE, "hosts": BASE["hosts"][:1], "gateway": None}])
     assert _actions(result.changes) == ["write", "restart"]
@@ -417,7 +417,7 @@ def test_replaced_drops_unlisted_reservations(env):
 
 
 def test_removed_reservation_with_a_lease_warns_without_dhcp_release(env, monkeypatch):
-    _, run, root = env
+    _procs, run, root = env
     run("merged", [BASE])
     (root / "qdhcp-acme.web" / "leases").write_text(LEASES)
     monkeypatch.setattr(dnsmasq.shutil, "which", lambda _name: None)
@@ -439,7 +439,7 @@ def test_overridden_removes_only_unlisted_instances_in_scope(env):
 
 
 def test_deleted_listed_or_whole_scope(env):
-    _, run, root = env
+    _procs, run, root = env
     run("merged", [_instance("x-1"), _instance("x-2"), _instance("y-1")])
     assert _pairs(run("deleted", [{"name": "x-1"}, {"name": "nope"}])) == [
         ("x-1", "stop"),
@@ -451,7 +451,7 @@ def test_deleted_listed_or_whole_scope(env):
 
 
 def test_gathered(env):
-    _, run, root = env
+    _procs, run, root = env
     run("merged", [_instance("x-1"), _instance("y-1")])
     (root / "x-1" / "leases").write_text(LEASES)
     result = run("gathered", [], scope="x")

@@ -221,7 +221,7 @@ def test_compare_disk_boot_console_metadata():
 def test_compare_foreign_domain_has_no_metadata():
     live = LIVE.replace('tenant="acme"', 'tenant="other"')
     assert attributes(lv.compare(make_vm(), live))["metadata"][0]["tenant"] == "other"
-    no_meta = LIVE.split("<metadata>")[0] + LIVE.split("</metadata>")[1]
+    no_meta = LIVE.split("<metadata>", maxsplit=1)[0] + LIVE.split("</metadata>", maxsplit=1)[1]
     assert lv.parse_domain(no_meta)["metadata"] is None
 
 
