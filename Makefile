@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # What the lab and the tests need on the machine (Debian 12).
 APT_PACKAGES := podman runc containernetworking-plugins iptables uidmap debootstrap \
 	qemu-utils qemu-system-x86 cpio kmod iproute2 dnsmasq-base libvirt-dev pkg-config gcc \
-	python3-dev python3-venv ca-certificates
+	python3-dev python3-venv ca-certificates graphviz
 
 .PHONY: help deps apt-deps venv lab lab-down lab-clean lab-status demo test unit integration lint
 
