@@ -72,6 +72,7 @@ __all__ = [
     "diff_links",
     "diff_netns",
     "diff_routes",
+    "module_main",
     "run",
 ]
 
@@ -2113,3 +2114,27 @@ def run(resource: str, params: Mapping[str, Any], check_mode: bool, diff_mode: b
     if resource not in _RUNNERS:
         raise NetlinkStateError(f"unknown resource {resource!r}")
     return _RUNNERS[resource](params, check_mode, diff_mode)
+
+
+def module_main(kind: str, item_spec: dict[str, Any], *, scoped: bool = True) -> None:
+    """The main() of the netlink resource modules, which differ only by kind and items."""
+    from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+    argument_spec: dict[str, Any] = {
+        "config": {"type": "list", "elements": "dict", "default": [], "options": item_spec},
+        "state": {"type": "str", "choices": list(STATES), "default": "merged"},
+        "scope_namespaces": {"type": "list", "elements": "str", "default": []},
+        "all": {"type": "bool", "default": False},
+    }
+    if scoped:
+        argument_spec["scope"] = {"type": "list", "elements": "str"}
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    if not HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
+    try:
+        result = run(kind, module.params, module.check_mode, module._diff)
+    except NetlinkStateError as exc:
+        module.fail_json(msg=str(exc), changes=exc.changes)
+    for warning in result.pop("warnings"):
+        module.warn(warning)
+    module.exit_json(**result)

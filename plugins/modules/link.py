@@ -237,14 +237,9 @@ gathered:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.multicloud.migration.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
-    STATES,
-    NetlinkStateError,
-    run,
+    module_main,
 )
 
 VXLAN_SPEC = {
@@ -277,25 +272,7 @@ ITEM_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "config": {"type": "list", "elements": "dict", "default": [], "options": ITEM_SPEC},
-            "state": {"type": "str", "choices": list(STATES), "default": "merged"},
-            "scope": {"type": "list", "elements": "str"},
-            "scope_namespaces": {"type": "list", "elements": "str", "default": []},
-            "all": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
-    try:
-        result = run("link", module.params, module.check_mode, module._diff)
-    except NetlinkStateError as exc:
-        module.fail_json(msg=str(exc), changes=exc.changes)
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    module.exit_json(**result)
+    module_main("link", ITEM_SPEC)
 
 
 if __name__ == "__main__":

@@ -139,14 +139,9 @@ gathered:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.multicloud.migration.plugins.module_utils.netlink import (
-    HAS_PYROUTE2,
-    PYROUTE2_IMPORT_ERROR,
-    STATES,
-    NetlinkStateError,
-    run,
+    module_main,
 )
 
 ITEM_SPEC = {
@@ -157,24 +152,7 @@ ITEM_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "config": {"type": "list", "elements": "dict", "default": [], "options": ITEM_SPEC},
-            "state": {"type": "str", "choices": list(STATES), "default": "merged"},
-            "scope_namespaces": {"type": "list", "elements": "str", "default": []},
-            "all": {"type": "bool", "default": False},
-        },
-        supports_check_mode=True,
-    )
-    if not HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
-    try:
-        result = run("netns", module.params, module.check_mode, module._diff)
-    except NetlinkStateError as exc:
-        module.fail_json(msg=str(exc), changes=exc.changes)
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    module.exit_json(**result)
+    module_main("netns", ITEM_SPEC, scoped=False)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,7 @@ def test_live_placement(lab):
 
 
 def test_without_plans_networks_go_to_their_cloud(lab):
-    normal, _ = lab
+    normal, _plans = lab
     dot = topology_dot(normal)
     assert '"net:acme/web" -> "cloud:cloud_a"' in dot
     assert '"net:globex/app" -> "cloud:cloud_b"' in dot
@@ -124,8 +124,8 @@ def test_graphviz_accepts_it(lab):
 def test_committed_picture_is_current(lab):
     """docs/topology.svg is what show_topology.yml renders from the example spec."""
     svg = html.unescape((ROOT / "docs/topology.svg").read_text())
-    normal, _ = lab
-    _, nets, vms = _names(normal)
+    normal, _plans = lab
+    _clouds, nets, vms = _names(normal)
     for tenant, name, _subnet, vni in nets:
         assert f"net:{tenant}/{name}" in svg and f"VNI {vni}" in svg
     for vm in vms:
