@@ -1,0 +1,1241 @@
+# Copyright: multicloud.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Moving one libvirt domain to another host: the migration primitive (private to the collection).
+
+Three modes (DESIGN.md §5):
+
+- ``live``: shared storage, memory pre-copy only (VIR_MIGRATE_LIVE | PERSIST_DEST |
+  UNDEFINE_SOURCE, plus UNSAFE for a shared directory libvirt does not recognise).
+- ``live-block``: local disks mirrored over NBD while memory is pre-copied
+  (NON_SHARED_DISK); the destination volume is pre-created first (same path, same size)
+  through the destination's storage pool API.
+- ``cold``: the domain is shut off, each volume is streamed with virStorageVolDownload /
+  virStorageVolUpload (sparse-aware), hashed on the way and verified on the destination;
+  then the domain is defined (same XML, UUID and MAC) and started there. The source stays
+  defined and shut off, for a later confirm or revert.
+
+Live modes run migrateToURI3 (peer to peer) in a worker thread while the caller's thread
+polls jobStats every second for progress, and aborts the job past the timeout. A failure
+before cutover leaves the source running untouched (libvirt's behaviour for live modes,
+verified afterwards; restarted by us for cold) and removes what this call created on the
+destination.
+
+The pure part (mode choice, flags, parameters, progress and stats parsing) works without
+libvirt and is unit-tested; libvirt is imported lazily like in libvirt_vm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape, quoteattr
+
+from .libvirt_vm import (
+    DEFAULT_POOL,
+    DEFAULT_POOL_PATH,
+    Storage,
+    domain_state,
+    lookup_domain,
+    parse_domain,
+)
+
+try:
+    import libvirt
+
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR: str | None = None
+except ImportError as _exc:  # the pure helpers work without it
+    libvirt = None
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = str(_exc)
+
+__all__ = [
+    "DEFAULT_MAX_DOWNTIME_MS",
+    "DEFAULT_SHARED_PATHS",
+    "DEFAULT_TIMEOUT",
+    "MODES",
+    "MODE_CHOICES",
+    "MigrateOptions",
+    "MigrationError",
+    "abort",
+    "choose_mode",
+    "flag_names",
+    "migrate",
+    "migration_params",
+    "parse_completed_stats",
+    "progress_sample",
+    "run_vm_migrate",
+]
+
+MODES = ("live", "live-block", "cold")
+MODE_CHOICES = (*MODES, "auto")
+DEFAULT_SHARED_PATHS = ("/var/lib/mcm/shared",)
+DEFAULT_MAX_DOWNTIME_MS = 30
+DEFAULT_TIMEOUT = 600
+DEFAULT_SHUTDOWN_TIMEOUT = 60
+ASSUMED_BANDWIDTH_MIB = 100  # estimate only: about a 1 Gbit/s link
+MIB = 1024 * 1024
+CHUNK = 1024 * 1024
+ZEROS = bytes(CHUNK)
+ABORT_GRACE = 60  # seconds a job may take to stop after abortJob
+LIBVIRT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
+JOB_NONE = 0  # VIR_DOMAIN_JOB_NONE
+JOB_STATS_COMPLETED = 1  # VIR_DOMAIN_JOB_STATS_COMPLETED
+# VIR_DOMAIN_JOB_OPERATION_*
+JOB_OPERATIONS = {
+    0: "unknown", 1: "start", 2: "save", 3: "restore", 4: "migration in",
+    5: "migration out", 6: "snapshot", 7: "snapshot revert", 8: "dump", 9: "backup",
+    10: "snapshot delete",
+}  # fmt: skip
+
+# Flags of each mode; UNSAFE and AUTO_CONVERGE are added on request.
+MODE_FLAGS = {
+    "live": ("VIR_MIGRATE_LIVE", "VIR_MIGRATE_PEER2PEER", "VIR_MIGRATE_PERSIST_DEST",
+             "VIR_MIGRATE_UNDEFINE_SOURCE", "VIR_MIGRATE_ABORT_ON_ERROR"),
+    "live-block": ("VIR_MIGRATE_LIVE", "VIR_MIGRATE_PEER2PEER", "VIR_MIGRATE_PERSIST_DEST",
+                   "VIR_MIGRATE_UNDEFINE_SOURCE", "VIR_MIGRATE_ABORT_ON_ERROR",
+                   "VIR_MIGRATE_NON_SHARED_DISK"),
+}  # fmt: skip
+
+
+class MigrationError(Exception):
+    """A migration failed; ``details`` says where, what was cleaned up and the source's state."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details: dict[str, Any] = details
+
+
+@dataclass
+class MigrateOptions:
+    """Everything a migration can be tuned with (see the vm_migrate module's options)."""
+
+    migrate_address: str | None = None
+    unsafe: bool = False
+    max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS
+    bandwidth_mib: int | None = None
+    auto_converge: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    shared_paths: Sequence[str] = DEFAULT_SHARED_PATHS
+    pool: str = DEFAULT_POOL
+    pool_path: str = DEFAULT_POOL_PATH
+    dest_xml: str | None = None
+    poll_interval: float = 1.0
+
+
+# --------------------------------------------------------------------------- pure part
+
+
+def under_paths(path: str | None, paths: Iterable[str]) -> bool:
+    """True when ``path`` lies inside one of the directories ``paths``."""
+    if not path:
+        return False
+    path = os.path.normpath(path)
+    for given in paths:
+        base = os.path.normpath(given)
+        if path != base and os.path.commonpath([path, base]) == base:
+            return True
+    return False
+
+
+def choose_mode(
+    requested: str, disk_paths: Sequence[str], active: bool, shared_paths: Iterable[str]
+) -> tuple[str, str]:
+    """(mode, reason): ``auto`` picks live for shared disks, live-block if running, else cold."""
+    shared = list(shared_paths)
+    if requested not in MODE_CHOICES:
+        raise MigrationError(f"mode must be one of {', '.join(MODE_CHOICES)}", phase="input")
+    if requested != "auto":
+        if requested in ("live", "live-block") and not active:
+            raise MigrationError(
+                f"mode {requested} needs a running domain; the domain is shut off: use mode "
+                "cold (or auto)",
+                phase="input",
+            )
+        return requested, "requested"
+    if not active:
+        return "cold", "auto: the domain is shut off"
+    if disk_paths and all(under_paths(p, shared) for p in disk_paths):
+        return "live", f"auto: every disk is under the shared paths {shared}"
+    if not disk_paths:
+        return "live", "auto: the domain has no disk to copy"
+    return "live-block", "auto: the domain runs with local disks"
+
+
+def flag_names(mode: str, *, unsafe: bool = False, auto_converge: bool = False) -> list[str]:
+    """Names of the VIR_MIGRATE_* flags of a live mode."""
+    if mode not in MODE_FLAGS:
+        raise MigrationError(f"mode {mode} is not a libvirt migration", phase="input")
+    names = list(MODE_FLAGS[mode])
+    if unsafe:
+        names.append("VIR_MIGRATE_UNSAFE")
+    if auto_converge:
+        names.append("VIR_MIGRATE_AUTO_CONVERGE")
+    return names
+
+
+def migration_flags(names: Iterable[str]) -> int:
+    value = 0
+    for name in names:
+        flag = getattr(libvirt, name, None)
+        if flag is None:
+            raise MigrationError(f"this libvirt-python has no {name}", phase="input")
+        value |= flag
+    return value
+
+
+def host_for_uri(address: str) -> str:
+    """An address as it goes into a URI (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address and not address.startswith("[") else address
+
+
+def default_destination_uri(address: str) -> str:
+    return f"qemu+tcp://{host_for_uri(address)}/system"
+
+
+def migration_params(
+    migrate_uri: str,
+    *,
+    dest_xml: str | None = None,
+    bandwidth_mib: int | None = None,
+    disks: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """typed parameters of migrateToURI3 (keys are the VIR_MIGRATE_PARAM_* strings)."""
+    params: dict[str, Any] = {"migrate_uri": migrate_uri}
+    if dest_xml:
+        params["destination_xml"] = dest_xml
+    if bandwidth_mib:
+        params["bandwidth"] = int(bandwidth_mib)
+    if disks:
+        params["migrate_disks"] = list(disks)
+    return params
+
+
+def _num(stats: Mapping[str, Any], key: str) -> int | None:
+    value = stats.get(key)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def progress_sample(stats: Mapping[str, Any] | None, elapsed: float) -> dict[str, Any] | None:
+    """One progress point from a running job's jobStats; None when no job runs."""
+    if not stats or stats.get("type", JOB_NONE) == JOB_NONE:
+        return None
+    total = _num(stats, "data_total") or 0
+    processed = _num(stats, "data_processed") or 0
+    remaining = _num(stats, "data_remaining")
+    if remaining is None:
+        remaining = max(total - processed, 0)
+    percent = round(min(100.0, 100.0 * processed / total), 1) if total else 0.0
+    rate = (_num(stats, "memory_bps") or 0) + (_num(stats, "disk_bps") or 0)
+    return {
+        "elapsed_s": round(elapsed, 2),
+        "percent": percent,
+        "processed_bytes": processed,
+        "remaining_bytes": remaining,
+        "total_bytes": total,
+        "rate_bps": rate,
+        "memory_iteration": _num(stats, "memory_iteration"),
+        "disk_processed_bytes": _num(stats, "disk_processed"),
+        "disk_total_bytes": _num(stats, "disk_total"),
+    }
+
+
+def parse_completed_stats(stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the result reports of a completed job (jobStats with STATS_COMPLETED)."""
+    stats = stats or {}
+    data_total = _num(stats, "data_total")
+    data_processed = _num(stats, "data_processed")
+    disk_total = _num(stats, "disk_total")
+    disk_processed = _num(stats, "disk_processed")
+    memory_total = _num(stats, "memory_total")
+    memory_processed = _num(stats, "memory_processed")
+    return {
+        "downtime_ms": _num(stats, "downtime"),
+        "downtime_net_ms": _num(stats, "downtime_net"),
+        "elapsed_ms": _num(stats, "time_elapsed"),
+        "setup_ms": _num(stats, "setup_time"),
+        "bytes": data_processed if data_processed is not None else data_total,
+        "data_total": data_total,
+        "disk_bytes": disk_processed if disk_processed is not None else disk_total,
+        "disk_total": disk_total,
+        "memory_bytes": memory_processed if memory_processed is not None else memory_total,
+        "memory_total": memory_total,
+        "memory_iterations": _num(stats, "memory_iteration"),
+    }
+
+
+def estimate_seconds(nbytes: int, bandwidth_mib: float | None) -> float:
+    rate = (bandwidth_mib or ASSUMED_BANDWIDTH_MIB) * MIB
+    return round(nbytes / rate, 2)
+
+
+def hash_zeros(digest: Any, length: int) -> None:
+    """Feed ``length`` zero bytes (a hole) into a hash, a MiB at a time."""
+    full, rest = divmod(length, CHUNK)
+    for _attempt in range(full):
+        digest.update(ZEROS)
+    if rest:
+        digest.update(ZEROS[:rest])
+
+
+def _volume_xml(name: str, capacity: int, fmt: str) -> str:
+    return (
+        f"<volume><name>{escape(name)}</name>"
+        f"<capacity unit='bytes'>{capacity}</capacity>"
+        "<allocation unit='bytes'>0</allocation>"
+        f"<target><format type={quoteattr(fmt)}/>"
+        "<permissions><mode>0600</mode></permissions></target></volume>"
+    )
+
+
+def _allocated(path: str) -> int:
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def _chain(xml: str, target: str) -> list[str]:
+    """Files of a disk's backing chain below the top image (live XML)."""
+    root = ET.fromstring(xml)
+    for disk in root.findall("./devices/disk"):
+        tgt = disk.find("target")
+        if tgt is None or tgt.get("dev") != target:
+            continue
+        files, node = [], disk.find("backingStore")
+        for _attempt in range(64):  # bounded: backing chains are short
+            if node is None:
+                break
+            source = node.find("source")
+            if source is not None and source.get("file"):
+                files.append(source.get("file"))
+            node = node.find("backingStore")
+        return files
+    return []
+
+
+# --------------------------------------------------------------------------- libvirt
+
+
+def _flag(name: str, default: int = 0) -> int:
+    return getattr(libvirt, name, default)
+
+
+def _lverr() -> type[Exception]:
+    return libvirt.libvirtError
+
+
+def probe_tcp(uri: str, timeout: float = 10) -> None:
+    """Fail fast, with the address, when a remote libvirt URI's port does not answer."""
+    parts = urlsplit(uri)
+    transport = parts.scheme.partition("+")[2]
+    if not parts.hostname or transport not in LIBVIRT_PORTS:
+        return
+    port = parts.port or LIBVIRT_PORTS[transport]
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise MigrationError(
+            f"cannot reach the destination's libvirtd at {parts.hostname}:{port} ({exc}): "
+            "check destination_address, that libvirtd listens there (listen_tcp / "
+            "virtproxyd-tcp.socket for qemu+tcp) and that no firewall drops it",
+            phase="connect",
+        ) from exc
+
+
+def open_destination(uri: str) -> Any:
+    probe_tcp(uri)
+    try:
+        return libvirt.open(uri)
+    except _lverr() as exc:
+        raise MigrationError(
+            f"cannot connect to the destination {uri}: {exc}", phase="connect"
+        ) from exc
+
+
+def active_job(dom: Any) -> dict[str, Any] | None:
+    """The running job's stats, or None when the domain has no job."""
+    try:
+        stats = dom.jobStats(0)
+    except _lverr():
+        return None
+    return stats if stats.get("type", JOB_NONE) != JOB_NONE else None
+
+
+def abort(conn: Any, domain_name: str) -> bool:
+    """Abort the running job (a migration) of a domain; False when there was none."""
+    dom = lookup_domain(conn, domain_name)
+    if dom is None or active_job(dom) is None:
+        return False
+    dom.abortJob()
+    return True
+
+
+def _pool_for_dir(
+    conn: Any,
+    directory: str,
+    opts: MigrateOptions,
+    *,
+    changes: list[dict[str, Any]],
+    label: str,
+    check_mode: bool = False,
+) -> Any | None:
+    """The destination's active dir pool whose target is ``directory`` (the mcm pool is created)."""
+    directory = os.path.normpath(directory)
+    for pool in conn.listAllStoragePools(0):
+        target = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
+        if target and os.path.normpath(target) == directory:
+            if not pool.isActive():
+                if check_mode:
+                    return None
+                pool.create(0)
+            return pool
+    if directory == os.path.normpath(opts.pool_path):
+        return Storage(conn, check_mode, changes).pool(opts.pool, opts.pool_path, label)
+    raise MigrationError(
+        f"{label}: the destination has no storage pool for {directory}: define a dir pool "
+        "there whose target is that directory (or keep the disk in the pool "
+        f"{opts.pool} at {opts.pool_path})",
+        phase="preflight",
+    )
+
+
+class Migration:
+    """One domain, one migration: preflight, the move, and the rollback of a failure."""
+
+    def __init__(
+        self,
+        src_conn: Any,
+        dst_conn: Any,
+        dst_uri: str,
+        name: str,
+        *,
+        opts: MigrateOptions,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        check_mode: bool = False,
+    ) -> None:
+        self.check_mode = check_mode
+        self.src, self.dst, self.dst_uri, self.name = src_conn, dst_conn, dst_uri, name
+        self.opts = opts
+        self.progress_cb = progress
+        self.samples: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.cleanup: list[str] = []
+        self.changes: list[dict[str, Any]] = []
+        self.created_volumes: list[Any] = []
+        self.defined_domain: Any | None = None
+        self.label = f"VM {name}"
+        self.dom: Any | None = None
+        self.downtime_applied: int | None = None
+
+    # ------------------------------------------------------------------ facts
+    def disks(self, dom: Any, xml: str) -> list[dict[str, Any]]:
+        """The domain's file disks with size, allocation and whether they are shared."""
+        disks = []
+        for disk in parse_domain(xml)["disks"]:
+            if disk["device"] != "disk" or not disk["path"] or not disk["target"]:
+                continue
+            capacity = allocation = physical = None
+            try:
+                capacity, allocation, physical = dom.blockInfo(disk["target"], 0)
+            except _lverr() as exc:
+                self.warnings.append(f"{self.label}: no size of {disk['path']}: {exc}")
+            chain = _chain(xml, disk["target"])
+            chain_bytes = _allocated(disk["path"]) + sum(_allocated(p) for p in chain)
+            disks.append(
+                {
+                    "target": disk["target"],
+                    "path": disk["path"],
+                    "format": disk["format"] or "raw",
+                    "capacity_bytes": capacity,
+                    "allocation_bytes": allocation,
+                    "physical_bytes": physical,
+                    "chain": chain,
+                    "chain_allocated_bytes": min(chain_bytes, capacity or chain_bytes),
+                    "shared": under_paths(disk["path"], self.opts.shared_paths),
+                }
+            )
+        return disks
+
+    def plan(self, mode: str, reason: str, dom: Any, disks: list[dict[str, Any]]) -> dict:
+        memory = dom.info()[2] * 1024 if dom.isActive() else 0
+        copied = [d for d in disks if not d["shared"]] if mode != "live" else []
+        if mode == "cold":
+            disk_bytes = sum(_allocated(d["path"]) for d in copied)
+            memory = 0
+        else:
+            disk_bytes = sum(d["chain_allocated_bytes"] or 0 for d in copied)
+        total = memory + disk_bytes
+        plan = {
+            "mode": mode,
+            "mode_reason": reason,
+            "source": socket.gethostname(),
+            "destination_uri": self.dst_uri,
+            "migrate_uri": self.migrate_uri,
+            "disks": disks,
+            "copied_disks": [d["path"] for d in copied],
+            "disk_bytes": disk_bytes,
+            "memory_bytes": memory,
+            "bytes_to_copy": total,
+            "bandwidth_mib": self.opts.bandwidth_mib or ASSUMED_BANDWIDTH_MIB,
+            "bandwidth_assumed": not self.opts.bandwidth_mib,
+            "estimated_seconds": estimate_seconds(total, self.opts.bandwidth_mib),
+        }
+        if mode in MODE_FLAGS:
+            plan["flags"] = flag_names(
+                mode, unsafe=self.opts.unsafe, auto_converge=self.opts.auto_converge
+            )
+            plan["max_downtime_ms"] = self.opts.max_downtime_ms
+        return plan
+
+    @property
+    def migrate_uri(self) -> str:
+        address = self.opts.migrate_address or urlsplit(self.dst_uri).hostname or ""
+        return f"tcp://{host_for_uri(address)}"
+
+    def preflight(self, mode: str, disks: list[dict[str, Any]]) -> None:
+        """Nothing of ours may be in the way on the destination; refuse before changing anything."""
+        if lookup_domain(self.dst, self.name) is not None:
+            raise MigrationError(
+                f"{self.label}: a domain with this name already exists on the destination "
+                f"({self.dst_uri}): remove it there first, or migrate under another name",
+                phase="preflight",
+            )
+        uuid = self.dom.UUIDString()
+        try:
+            other = self.dst.lookupByUUIDString(uuid)
+        except _lverr():
+            other = None
+        if other is not None:
+            raise MigrationError(
+                f"{self.label}: the destination already has a domain with UUID {uuid} "
+                f"({other.name()}): remove it there first",
+                phase="preflight",
+            )
+        if mode == "live":
+            return
+        for disk in disks:
+            if disk["shared"]:
+                continue
+            pool = _pool_for_dir(
+                self.dst, os.path.dirname(disk["path"]), self.opts, changes=self.changes,
+                label=self.label, check_mode=self.check_mode,
+            )  # fmt: skip
+            existing = None
+            if pool is not None:
+                pool.refresh(0)
+                try:
+                    existing = self.dst.storageVolLookupByPath(disk["path"])
+                except _lverr():
+                    existing = None
+            if existing is not None:
+                raise MigrationError(
+                    f"{self.label}: the destination already has a volume at {disk['path']} "
+                    "(left by an earlier migration?): delete it there "
+                    "(multicloud.migration.vm_volume state=deleted) and retry",
+                    phase="preflight",
+                )
+            if mode == "cold":
+                try:
+                    self.src.storageVolLookupByPath(disk["path"])
+                except _lverr() as exc:
+                    raise MigrationError(
+                        f"{self.label}: disk {disk['path']} is not a volume of a storage pool "
+                        "on the source; cold migration streams volumes through the storage "
+                        "API: define a dir pool for its directory",
+                        phase="preflight",
+                    ) from exc
+
+    # ------------------------------------------------------------------ destination objects
+    def create_volume(self, disk: Mapping[str, Any], fmt: str, capacity: int) -> Any:
+        pool = _pool_for_dir(
+            self.dst, os.path.dirname(disk["path"]), self.opts, changes=self.changes,
+            label=self.label,
+        )  # fmt: skip
+        name = os.path.basename(disk["path"])
+        try:
+            vol = pool.createXML(_volume_xml(name, capacity, fmt), 0)
+        except _lverr() as exc:
+            raise MigrationError(
+                f"{self.label}: cannot create the volume {disk['path']} on the destination: {exc}",
+                phase="prepare",
+            ) from exc
+        self.created_volumes.append(vol)
+        self.changes.append(
+            {"action": "create", "object": "volume", "name": name, "vm": self.name,
+             "details": {"path": vol.path(), "capacity_bytes": capacity, "format": fmt,
+                         "host": "destination"}}
+        )  # fmt: skip
+        if os.path.normpath(vol.path()) != os.path.normpath(disk["path"]):
+            raise MigrationError(
+                f"{self.label}: the destination created {vol.path()}, not {disk['path']}",
+                phase="prepare",
+            )
+        return vol
+
+    def clean_destination(self) -> None:
+        """Remove what this call created on the destination (domain, volumes)."""
+        dom = lookup_domain(self.dst, self.name)
+        if dom is not None:
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                    self.cleanup.append(f"destroyed domain {self.name} on the destination")
+                if dom.isPersistent():
+                    dom.undefineFlags(0)
+                    self.cleanup.append(f"undefined domain {self.name} on the destination")
+            except _lverr() as exc:
+                self.warnings.append(f"{self.label}: cleanup could not remove the domain: {exc}")
+        for vol in self.created_volumes:
+            try:
+                path = vol.path()
+                vol.delete(0)
+                self.cleanup.append(f"deleted volume {path} on the destination")
+            except _lverr() as exc:
+                self.warnings.append(f"{self.label}: cleanup could not delete a volume: {exc}")
+        self.created_volumes = []
+
+    def source_state(self) -> str:
+        dom = lookup_domain(self.src, self.name)
+        return "absent" if dom is None else domain_state(dom)
+
+    # ------------------------------------------------------------------ live modes
+    def run_live(self, mode: str, disks: list[dict[str, Any]]) -> dict[str, Any]:
+        dom = self.dom
+        copied = [d for d in disks if not d["shared"]] if mode == "live-block" else []
+        names = flag_names(mode, unsafe=self.opts.unsafe, auto_converge=self.opts.auto_converge)
+        flags = migration_flags(names)
+        params = migration_params(
+            self.migrate_uri,
+            dest_xml=self.opts.dest_xml,
+            bandwidth_mib=self.opts.bandwidth_mib,
+            disks=[d["target"] for d in copied] if copied else None,
+        )
+        started = time.monotonic()
+        try:
+            for disk in copied:
+                self.create_volume(disk, disk["format"], int(disk["capacity_bytes"] or 0))
+            self._set_downtime(dom, quiet=False, read_back=True)
+            error = self._run_job(dom, params, flags, started)
+        except MigrationError as exc:
+            self._fail_live(exc, started)
+            raise
+        if error is not None:
+            self._fail_live(error, started)
+            raise error
+        wall_ms = round((time.monotonic() - started) * 1000)
+        dst_dom = lookup_domain(self.dst, self.name)
+        stats: dict[str, Any] = {}
+        for candidate in (dst_dom, lookup_domain(self.src, self.name)):
+            if candidate is None:
+                continue
+            try:
+                stats = candidate.jobStats(JOB_STATS_COMPLETED)
+            except _lverr():
+                continue
+            if stats.get("downtime") is not None or stats.get("time_elapsed") is not None:
+                break
+        parsed = parse_completed_stats(stats)
+        parsed["wall_ms"] = wall_ms
+        parsed["max_downtime_ms"] = self.downtime_applied
+        if copied and not parsed["disk_total"]:
+            # The destination's completed job knows nothing of the NBD mirror: take the
+            # disk figures from the last sample of the source's job (a lower bound).
+            last = next((s for s in reversed(self.samples) if s.get("disk_total_bytes")), None)
+            if last is not None:
+                parsed["disk_bytes"] = last["disk_processed_bytes"]
+                parsed["disk_total"] = last["disk_total_bytes"]
+                parsed["disk_stats_from"] = "progress"
+        return {
+            "changed": True,
+            "flags": names,
+            "stats": parsed,
+            "destination_state": domain_state(dst_dom) if dst_dom is not None else "absent",
+            "source_state": self.source_state(),
+            "source_disks_left": [d["path"] for d in copied],
+        }
+
+    def _set_downtime(self, dom: Any, quiet: bool, read_back: bool = False) -> bool:
+        """migrateSetMaxDowntime; read back only before the job (during a migration
+        virDomainMigrateGetMaxDowntime blocks until the job ends, libvirt 9.0)."""
+        try:
+            dom.migrateSetMaxDowntime(int(self.opts.max_downtime_ms), 0)
+            if read_back:
+                self.downtime_applied = int(dom.migrateGetMaxDowntime(0))
+            return True
+        except _lverr() as exc:
+            if not quiet:
+                self.warnings.append(f"{self.label}: max downtime not set: {exc}")
+            return False
+
+    def _run_job(
+        self, dom: Any, params: dict[str, Any], flags: int, started: float
+    ) -> MigrationError | None:
+        """migrateToURI3 in a worker, jobStats polled meanwhile; the error, or None.
+
+        The worker is a daemon thread: a libvirt call that never returns cannot keep the
+        module from reporting. Past the deadline abortJob is sent (again at each poll
+        until libvirt accepts it).
+        """
+        interval = max(self.opts.poll_interval, 0.01)
+        deadline = started + self.opts.timeout
+        limit = int((self.opts.timeout + ABORT_GRACE) / interval) + 2
+        downtime_set = abort_sent = timed_out = False
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = dom.migrateToURI3(self.dst_uri, params, flags)
+            except _lverr() as exc:
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"migrate-{self.name}", daemon=True)
+        worker.start()
+        for _attempt in range(limit):
+            worker.join(interval)
+            if not worker.is_alive():
+                break
+            stats = active_job(dom)
+            if stats is not None:
+                if not downtime_set:
+                    downtime_set = self._set_downtime(dom, quiet=False)
+                sample = progress_sample(stats, time.monotonic() - started)
+                if sample is not None:
+                    self.samples.append(sample)
+                    if self.progress_cb is not None:
+                        self.progress_cb(sample)
+            if not abort_sent and time.monotonic() > deadline:
+                timed_out = True
+                try:
+                    dom.abortJob()
+                    abort_sent = True
+                except _lverr() as exc:
+                    self.warnings.append(f"{self.label}: abortJob failed (retrying): {exc}")
+        if worker.is_alive():
+            return MigrationError(
+                f"{self.label}: the migration job did not end within "
+                f"{self.opts.timeout + ABORT_GRACE:.0f} s, even after abortJob",
+                phase="migrate",
+            )
+        if "error" in box:
+            exc = box["error"]
+            if timed_out:
+                return MigrationError(
+                    f"{self.label}: the migration exceeded the timeout of "
+                    f"{self.opts.timeout} s and was aborted ({exc}); raise timeout or "
+                    "bandwidth_mib",
+                    phase="migrate",
+                )
+            return MigrationError(f"{self.label}: migration failed: {exc}", phase="migrate")
+        if "result" not in box:
+            return MigrationError(
+                f"{self.label}: the migration call ended without a result (see stderr)",
+                phase="migrate",
+            )
+        return None
+
+    def _fail_live(self, exc: MigrationError, started: float) -> None:
+        """After a failed live migration: verify the source, clean the destination if safe."""
+        dom = lookup_domain(self.src, self.name)
+        state = "absent" if dom is None else domain_state(dom)
+        if state == "paused":
+            try:
+                dom.resume()
+                self.warnings.append(f"{self.label}: the source was left paused; resumed it")
+                state = domain_state(dom)
+            except _lverr() as err:
+                self.warnings.append(f"{self.label}: cannot resume the source: {err}")
+        if state == "running":
+            self.clean_destination()
+            cutover = False
+        else:
+            # The source no longer runs: the VM may run on the destination; touch nothing.
+            cutover = True
+            self.warnings.append(
+                f"{self.label}: the source is {state} after the failure: left the "
+                "destination as it is, check where the VM runs"
+            )
+        exc.details.update(
+            source_state=state,
+            after_cutover=cutover,
+            cleanup=self.cleanup,
+            progress=self.samples,
+            elapsed_ms=round((time.monotonic() - started) * 1000),
+        )
+
+    # ------------------------------------------------------------------ cold
+    def run_cold(self, disks: list[dict[str, Any]]) -> dict[str, Any]:
+        dom = self.dom
+        was_running = bool(dom.isActive())
+        xml = dom.XMLDesc(_flag("VIR_DOMAIN_XML_INACTIVE"))
+        started = time.monotonic()
+        phase = "shutdown"
+        graceful = None
+        checksums: list[dict[str, Any]] = []
+        try:
+            if was_running:
+                graceful = self._shutdown(dom)
+            stopped = time.monotonic()
+            phase = "copy"
+            for disk in disks:
+                if disk["shared"]:
+                    continue
+                checksums.append(self._copy_disk(disk))
+            phase = "define"
+            dst_dom = self.dst.defineXML(xml)
+            self.defined_domain = dst_dom
+            self.changes.append(
+                {"action": "define", "object": "domain", "name": self.name, "vm": self.name,
+                 "details": {"host": "destination"}}
+            )  # fmt: skip
+            if was_running:
+                phase = "start"
+                dst_dom.create()
+        except (MigrationError, _lverr()) as exc:
+            self.clean_destination()
+            state = self._restart_source(was_running)
+            details = {"source_state": state, "after_cutover": False, "cleanup": self.cleanup,
+                       "progress": self.samples, "checksum": checksums}  # fmt: skip
+            if isinstance(exc, MigrationError):
+                exc.details.setdefault("phase", phase)
+                exc.details.update(details)
+                raise
+            message = f"{self.label}: cold migration failed ({phase}): {exc}"
+            raise MigrationError(message, phase=phase, **details) from exc
+        ended = time.monotonic()
+        if dom.autostart():
+            try:
+                dom.setAutostart(0)
+                self.warnings.append(
+                    f"{self.label}: autostart turned off on the source (kept shut off there)"
+                )
+            except _lverr() as exc:
+                self.warnings.append(f"{self.label}: autostart still on at the source: {exc}")
+        data = sum(c["data_bytes"] for c in checksums)
+        logical = sum(c["bytes"] for c in checksums)
+        stats = {
+            "downtime_ms": round((ended - started) * 1000) if was_running else None,
+            "elapsed_ms": round((ended - started) * 1000),
+            "shutdown_ms": round((stopped - started) * 1000),
+            "copy_ms": round((ended - stopped) * 1000),
+            "bytes": data,
+            "disk_bytes": logical,
+            "disk_hole_bytes": sum(c["hole_bytes"] for c in checksums),
+            "memory_bytes": 0,
+            "graceful_shutdown": graceful,
+            "wall_ms": round((ended - started) * 1000),
+        }
+        return {
+            "changed": True,
+            "stats": stats,
+            "checksum": checksums,
+            "destination_state": domain_state(self.defined_domain),
+            "source_state": self.source_state(),
+        }
+
+    def _shutdown(self, dom: Any) -> bool:
+        """ACPI shutdown, bounded wait, then destroy; True if the guest went down by itself."""
+        timeout = self.opts.shutdown_timeout
+        if timeout > 0:
+            try:
+                dom.shutdown()
+            except _lverr() as exc:
+                self.warnings.append(f"{self.label}: graceful shutdown refused ({exc})")
+            deadline = time.monotonic() + timeout
+            for _attempt in range(int(timeout / 0.25) + 2):
+                if not dom.isActive() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            if not dom.isActive():
+                return True
+        if dom.isActive():
+            dom.destroy()
+        return False
+
+    def _restart_source(self, was_running: bool) -> str:
+        dom = lookup_domain(self.src, self.name)
+        if dom is None:
+            return "absent"
+        if was_running and not dom.isActive():
+            console = parse_domain(dom.XMLDesc(0))["console"] or {}
+            sock = console.get("socket")
+            if sock and os.path.exists(sock):
+                os.unlink(sock)  # a stale socket would fail the bind, as in the vm module
+            try:
+                dom.create()
+                self.cleanup.append(f"restarted {self.name} on the source")
+            except _lverr() as exc:
+                self.warnings.append(f"{self.label}: cannot restart the source: {exc}")
+        return domain_state(dom)
+
+    def _copy_disk(self, disk: Mapping[str, Any]) -> dict[str, Any]:
+        src_vol = self.src.storageVolLookupByPath(disk["path"])
+        # An empty raw file: the upload writes the image file as it is (qcow2 header and
+        # all); the pool re-probes its format afterwards.
+        dst_vol = self.create_volume(disk, "raw", 0)
+        try:
+            total = os.path.getsize(disk["path"])
+        except OSError:
+            total = int(src_vol.info()[1])
+        started = time.monotonic()
+        sent = stream_volume(
+            self.src, src_vol, self.dst, dst_vol, total=total,
+            deadline=started + self.opts.timeout, progress=self._cold_progress(started, total),
+        )  # fmt: skip
+        pool = dst_vol.storagePoolLookupByVolume()
+        pool.refresh(0)
+        dst_vol = self.dst.storageVolLookupByPath(disk["path"])
+        self.created_volumes = [v for v in self.created_volumes if v.path() != disk["path"]]
+        self.created_volumes.append(dst_vol)
+        check = stream_volume(
+            self.dst, dst_vol, None, None, total=total, deadline=started + self.opts.timeout
+        )
+        result = {
+            "path": disk["path"],
+            "algorithm": "sha256",
+            "source": sent["sha256"],
+            "destination": check["sha256"],
+            "match": sent["sha256"] == check["sha256"],
+            "bytes": sent["bytes"],
+            "data_bytes": sent["data_bytes"],
+            "hole_bytes": sent["hole_bytes"],
+            "sparse": sent["sparse"],
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        if not result["match"]:
+            raise MigrationError(
+                f"{self.label}: checksum of {disk['path']} differs on the destination "
+                f"({check['sha256']} != {sent['sha256']}): the copy is not trusted",
+                phase="verify",
+                checksum=[result],
+            )
+        return result
+
+    def _cold_progress(self, started: float, total: int) -> Callable[[int], None]:
+        last = [0.0]
+
+        def report(done: int) -> None:
+            now = time.monotonic()
+            if now - last[0] < self.opts.poll_interval and done < total:
+                return
+            last[0] = now
+            elapsed = now - started
+            sample = {
+                "elapsed_s": round(elapsed, 2),
+                "percent": round(min(100.0, 100.0 * done / total), 1) if total else 100.0,
+                "processed_bytes": done,
+                "remaining_bytes": max(total - done, 0),
+                "total_bytes": total,
+                "rate_bps": round(done / elapsed) if elapsed > 0 else 0,
+                "memory_iteration": None,
+            }
+            self.samples.append(sample)
+            if self.progress_cb is not None:
+                self.progress_cb(sample)
+
+        return report
+
+
+def stream_volume(
+    src_conn: Any,
+    src_vol: Any,
+    dst_conn: Any | None,
+    dst_vol: Any | None,
+    *,
+    total: int,
+    deadline: float,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Download a volume (sparse when libvirt can), upload it when ``dst_vol`` is given.
+
+    The sha256 covers the volume's byte content with holes read as zeros. Bounded by the
+    deadline and by an iteration count derived from ``total``.
+    """
+    sparse_down = _flag("VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM")
+    sparse_up = _flag("VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM")
+    stop_at_hole = _flag("VIR_STREAM_RECV_STOP_AT_HOLE")
+    sparse = bool(sparse_down and stop_at_hole and (dst_vol is None or sparse_up))
+    down = src_conn.newStream(0)
+    up = dst_conn.newStream(0) if dst_vol is not None else None
+    digest = hashlib.sha256()
+    data_bytes = hole_bytes = 0
+    try:
+        src_vol.download(down, 0, 0, sparse_down if sparse else 0)
+        if up is not None:
+            dst_vol.upload(up, 0, 0, sparse_up if sparse else 0)
+        limit = 2 * ((max(total, 0) + 64 * MIB) // 4096 + 2)
+        for _attempt in range(limit):
+            if time.monotonic() > deadline:
+                raise MigrationError("volume copy exceeded the timeout", phase="copy")
+            got = down.recvFlags(CHUNK, stop_at_hole) if sparse else down.recv(CHUNK)
+            if isinstance(got, int):
+                if got != -3:
+                    raise MigrationError(f"unexpected stream status {got}", phase="copy")
+                length = down.recvHole(0)
+                if up is not None:
+                    up.sendHole(length, 0)
+                hash_zeros(digest, length)
+                hole_bytes += length
+            elif not got:
+                break
+            else:
+                if up is not None:
+                    _send_all(up, got)
+                digest.update(got)
+                data_bytes += len(got)
+            if progress is not None:
+                progress(data_bytes + hole_bytes)
+        else:
+            raise MigrationError(
+                f"volume stream did not end after {limit} reads (expected {total} bytes)",
+                phase="copy",
+            )
+        down.finish()
+        if up is not None:
+            up.finish()
+    except (MigrationError, _lverr()):
+        for stream in (down, up):
+            if stream is None:
+                continue
+            try:
+                stream.abort()
+            except _lverr():
+                pass  # already finished or broken: nothing more to release
+        raise
+    return {
+        "sha256": digest.hexdigest(),
+        "bytes": data_bytes + hole_bytes,
+        "data_bytes": data_bytes,
+        "hole_bytes": hole_bytes,
+        "sparse": sparse,
+    }
+
+
+def _send_all(stream: Any, data: bytes) -> None:
+    view = memoryview(data)
+    for _attempt in range(len(data) + 1):
+        if not view:
+            return
+        sent = stream.send(bytes(view))
+        if sent < 0:
+            raise MigrationError(f"stream send returned {sent}", phase="copy")
+        view = view[sent:]
+    raise MigrationError("stream send made no progress", phase="copy")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def migrate(
+    src_conn: Any,
+    dst_uri: str,
+    domain_name: str,
+    mode: str,
+    *,
+    dst_conn: Any | None = None,
+    options: MigrateOptions | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    check_mode: bool = False,
+) -> dict[str, Any]:
+    """Migrate ``domain_name`` from ``src_conn`` to ``dst_uri`` in ``mode`` (or auto).
+
+    Returns the result dict (changed, mode, mode_reason, plan, stats, progress, checksum,
+    source_state, destination_state, warnings, changes); raises MigrationError with
+    ``details`` (phase, source_state, cleanup, progress) on failure.
+    """
+    opts = options or MigrateOptions()
+    own = dst_conn is None
+    if own:
+        dst_conn = open_destination(dst_uri)
+    try:
+        return _migrate(
+            src_conn, dst_conn, dst_uri, domain_name,
+            mode=mode, opts=opts, progress=progress, check_mode=check_mode,
+        )  # fmt: skip
+    finally:
+        if own:
+            dst_conn.close()
+
+
+def _migrate(
+    src_conn: Any,
+    dst_conn: Any,
+    dst_uri: str,
+    name: str,
+    *,
+    mode: str,
+    opts: MigrateOptions,
+    progress: Callable[[dict[str, Any]], None] | None,
+    check_mode: bool,
+) -> dict[str, Any]:
+    job = Migration(
+        src_conn, dst_conn, dst_uri, name, opts=opts, progress=progress, check_mode=check_mode
+    )
+    dom = lookup_domain(src_conn, name)
+    dst_dom = lookup_domain(dst_conn, name)
+    if dom is None:
+        if dst_dom is not None:
+            return _already(
+                job, dst_dom, "the domain is not on the source, it is on the destination"
+            )
+        raise MigrationError(
+            f"VM {name}: no domain of that name on the source nor on the destination",
+            phase="preflight",
+        )
+    if (
+        dst_dom is not None
+        and dst_dom.UUIDString() == dom.UUIDString()
+        and not dom.isActive()
+        and dst_dom.isActive()
+    ):
+        return _already(job, dst_dom, "runs on the destination, the source copy is shut off")
+    job.dom = dom
+    running = active_job(dom)
+    if running is not None:
+        sample = progress_sample(running, 0) or {}
+        raise MigrationError(
+            f"VM {name}: the domain has an active job ("
+            f"{JOB_OPERATIONS.get(running.get('operation', 0), 'unknown')}, "
+            f"{sample.get('percent', 0)}% done), probably a migration already running: "
+            "wait for it, or abort it (virDomainAbortJob) before migrating again",
+            phase="preflight",
+        )
+    xml = dom.XMLDesc(0)
+    disks = job.disks(dom, xml)
+    chosen, reason = choose_mode(mode, [d["path"] for d in disks], bool(dom.isActive()),
+                                 opts.shared_paths)  # fmt: skip
+    plan = job.plan(chosen, reason, dom, disks)
+    job.preflight(chosen, disks)
+    result: dict[str, Any] = {
+        "changed": True,
+        "mode": chosen,
+        "mode_reason": reason,
+        "plan": plan,
+        "stats": {},
+        "progress": [],
+        "checksum": None,
+        "source_state": domain_state(dom),
+        "destination_state": "absent",
+    }
+    if check_mode:
+        result["warnings"] = job.warnings
+        result["changes"] = job.changes
+        return result
+    if chosen == "cold":
+        outcome = job.run_cold(disks)
+    else:
+        outcome = job.run_live(chosen, disks)
+    result.update(outcome)
+    result["progress"] = job.samples
+    result["warnings"] = job.warnings
+    result["changes"] = job.changes
+    return result
+
+
+def _already(job: Migration, dst_dom: Any, why: str) -> dict[str, Any]:
+    return {
+        "changed": False,
+        "mode": None,
+        "mode_reason": f"nothing to do: {why}",
+        "plan": None,
+        "stats": {},
+        "progress": [],
+        "checksum": None,
+        "source_state": job.source_state(),
+        "destination_state": domain_state(dst_dom),
+        "warnings": [],
+        "changes": [],
+    }
+
+
+def resolve_address(name: str) -> str:
+    """The address of a host name (IPv4 first), as this host resolves it."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise MigrationError(
+            f"cannot resolve the destination {name} ({exc}): give destination_address",
+            phase="input",
+        ) from exc
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
+    return infos[0][4][0]
+
+
+def run_vm_migrate(
+    params: Mapping[str, Any],
+    check_mode: bool,
+    diff_mode: bool,
+    connect: Callable[[str], Any] | None = None,
+) -> dict[str, Any]:
+    """The vm_migrate module: options in, result out (MigrationError on failure)."""
+    if not HAS_LIBVIRT:
+        raise MigrationError(f"libvirt-python is required: {LIBVIRT_IMPORT_ERROR}", phase="input")
+    name, destination = params["name"], params["destination"]
+    address = params.get("destination_address") or resolve_address(destination)
+    dst_uri = params.get("destination_uri") or default_destination_uri(address)
+    shared_paths = list(params.get("shared_paths") or DEFAULT_SHARED_PATHS)
+    opts = MigrateOptions(
+        migrate_address=address,
+        max_downtime_ms=params.get("max_downtime_ms") or DEFAULT_MAX_DOWNTIME_MS,
+        bandwidth_mib=params.get("bandwidth_mib"),
+        auto_converge=bool(params.get("auto_converge")),
+        timeout=params.get("timeout") or DEFAULT_TIMEOUT,
+        shutdown_timeout=params.get("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
+        shared_paths=shared_paths,
+        pool=params.get("pool") or DEFAULT_POOL,
+        pool_path=params.get("pool_path") or DEFAULT_POOL_PATH,
+    )
+    opener = connect or libvirt.open
+    try:
+        src_conn = opener("qemu:///system")
+    except _lverr() as exc:
+        raise MigrationError(f"cannot connect to qemu:///system: {exc}", phase="connect") from exc
+    try:
+        dom = lookup_domain(src_conn, name)
+        unsafe = params.get("unsafe")
+        if unsafe is None and dom is not None:
+            paths = [d["path"] for d in parse_domain(dom.XMLDesc(0))["disks"]
+                     if d["device"] == "disk" and d["path"]]  # fmt: skip
+            # Only a shared directory libvirt does not recognise needs UNSAFE.
+            unsafe = bool(paths) and any(under_paths(p, shared_paths) for p in paths)
+        opts.unsafe = bool(unsafe)
+        try:
+            result = migrate(src_conn, dst_uri, name, params.get("mode") or "auto",
+                             options=opts, check_mode=check_mode)  # fmt: skip
+        except MigrationError as exc:
+            exc.details.setdefault("destination", destination)
+            exc.details.setdefault("destination_uri", dst_uri)
+            if "source_state" not in exc.details:
+                found = lookup_domain(src_conn, name)
+                exc.details["source_state"] = domain_state(found) if found else "absent"
+            raise
+        except _lverr() as exc:
+            raise MigrationError(f"VM {name}: {exc}", phase="unknown") from exc
+    finally:
+        src_conn.close()
+    result["source"] = socket.gethostname()
+    result["destination"] = destination
+    result["destination_address"] = address
+    result["destination_uri"] = dst_uri
+    result["unsafe"] = opts.unsafe
+    if result.get("plan"):
+        result["plan"]["destination"] = destination
+    if diff_mode and result["changed"]:
+        result["diff"] = {
+            "before_header": f"domain {name}",
+            "after_header": f"domain {name}",
+            "before": f"host: {result['source']}\nstate: running on the source\n",
+            "after": f"host: {destination}\nstate: {result['destination_state']}\n"
+            f"source: {result['source_state']}\n",
+        }
+    return result

@@ -1,0 +1,313 @@
+#!/usr/bin/python
+# Copyright: multicloud.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Migrate one libvirt domain from this host to another (live, live with its disks, or cold)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_migrate
+short_description: Migrate a VM (libvirt domain) from the managed host to another host
+version_added: 0.1.0
+description:
+  - Runs on the B(source) host and moves the domain O(name) to the host O(destination),
+    through libvirt-python only, in one of three modes.
+  - V(live) - shared storage, memory pre-copy (peer-to-peer C(migrateToURI3) with
+    C(VIR_MIGRATE_LIVE), C(PERSIST_DEST) and C(UNDEFINE_SOURCE)). The domain ends up defined
+    and running on the destination only.
+  - V(live-block) - local disks, mirrored over NBD while memory is pre-copied
+    (C(VIR_MIGRATE_NON_SHARED_DISK), C(--copy-storage-all)). The destination volume is
+    created first with the same path, format and size through the destination's storage
+    pool (the dir pool O(pool) at O(pool_path), created when missing). The source's disk
+    file is left on the source (RV(source_disks_left)).
+  - V(cold) - the domain is shut off (ACPI, at most O(shutdown_timeout) seconds, then a
+    hard stop), each disk volume is streamed with C(virStorageVolDownload) /
+    C(virStorageVolUpload) (sparse streams, holes are not sent), hashed with sha256 on the
+    way and hashed again on the destination, then the domain is defined there with the same
+    XML (same UUID and MAC) and started when it was running. The source stays defined and
+    shut off (its autostart turned off), for a later confirm or revert.
+  - V(auto) picks V(live) when every disk is under O(shared_paths), else V(live-block) for
+    a running domain and V(cold) for a shut-off one; RV(mode) and RV(mode_reason) say which.
+  - While a live migration runs, its job statistics are sampled every second into
+    RV(progress); past O(timeout) the job is aborted. After it the completed job statistics
+    (downtime, time, bytes) are read on the destination.
+  - A migration that fails before cutover leaves the domain running on the source (libvirt
+    keeps it running for live modes, the module checks it and resumes a paused source; for
+    cold the module restarts it), and removes what it created on the destination (the
+    volumes and the domain). A domain that already has an active job (another migration) is
+    refused.
+  - Idempotent - when the domain is no longer on the source but on the destination, or runs
+    on the destination while the source copy is shut off (after V(cold)), nothing is done.
+author: multicloud.migration contributors (@multicloud)
+requirements:
+  - libvirt-python (Debian package C(python3-libvirt)) on the source host
+  - libvirtd on both hosts; the destination's libvirtd reachable from the source at
+    O(destination_uri) (and from the source's libvirtd, which connects to it peer to peer)
+options:
+  name:
+    description: The libvirt domain to migrate, defined on the managed (source) host.
+    type: str
+    required: true
+  destination:
+    description: Host name of the destination (reported, and resolved when O(destination_address) is not given).
+    type: str
+    required: true
+  destination_address:
+    description:
+      - Address of the destination used for its libvirtd URI and for the migration stream
+        (C(tcp://<address>)), so that nothing relies on the hosts resolving each other's
+        names. Defaults to O(destination) resolved on the source host.
+    type: str
+  destination_uri:
+    description:
+      - libvirt URI of the destination. Defaults to C(qemu+tcp://<destination_address>/system).
+      - C(qemu+tcp) is unauthenticated and unencrypted - a lab setting. Production should use
+        C(qemu+tls://) or C(qemu+ssh://); encrypting the migration stream itself
+        (C(VIR_MIGRATE_TLS)) is future work.
+    type: str
+  mode:
+    description: How to migrate; see the description. V(live) and V(live-block) need a running domain.
+    type: str
+    choices: [auto, live, live-block, cold]
+    default: auto
+  shared_paths:
+    description:
+      - Directories that are the same storage on every host. A disk under one of them is
+        not copied (V(live)), and V(auto) picks V(live) when every disk is under one.
+    type: list
+    elements: path
+    default: [/var/lib/mcm/shared]
+  unsafe:
+    description:
+      - Add C(VIR_MIGRATE_UNSAFE) - needed for a directory that is shared but that libvirt
+        does not recognise as shared storage (a bind mount, as in the lab).
+      - Defaults to true when a disk of the domain is under O(shared_paths), else false.
+    type: bool
+  max_downtime_ms:
+    description: Maximum tolerated downtime of a live migration in milliseconds (C(migrateSetMaxDowntime)).
+    type: int
+    default: 30
+  bandwidth_mib:
+    description:
+      - Bandwidth limit of a live migration in MiB/s (C(VIR_MIGRATE_PARAM_BANDWIDTH));
+        unlimited when not given. Also the bandwidth of the estimate in check mode
+        (100 MiB/s is assumed without it). A cold copy is not throttled.
+    type: int
+  auto_converge:
+    description: Add C(VIR_MIGRATE_AUTO_CONVERGE) (throttle the guest's vCPUs when its memory does not converge).
+    type: bool
+    default: false
+  timeout:
+    description: Seconds a migration (or a cold copy) may take; a live job is aborted past it and the VM stays on the source.
+    type: int
+    default: 600
+  shutdown_timeout:
+    description: For V(cold), seconds to wait for a graceful shutdown before a hard stop (0 for a hard stop at once).
+    type: int
+    default: 60
+  pool:
+    description: Name of the destination's dir pool created when no pool there holds the disk's directory and that directory is O(pool_path).
+    type: str
+    default: mcm
+  pool_path:
+    description: Directory of O(pool).
+    type: path
+    default: /var/lib/mcm/vms
+extends_documentation_fragment:
+  - multicloud.migration._attributes
+notes:
+  - Check mode connects to the destination and checks that nothing is in the way (a domain
+    of that name or UUID, a volume at the disk's path), then returns RV(plan) - mode,
+    source, destination, bytes to copy, estimated time - and changes nothing.
+  - The bridge of the domain's NIC, the directory of its console socket, and the backing
+    images of its disks must exist on the destination at the same paths.
+  - For V(cold) the checksum is taken over each volume's bytes as stored (holes read as
+    zeros) - for a raw volume exactly what the guest sees, for a qcow2 volume its image file
+    (the guest's data plus qcow2 metadata; its backing image is not copied).
+seealso:
+  - module: multicloud.migration.vm
+  - module: multicloud.migration.vm_info
+"""
+
+EXAMPLES = r"""
+- name: Move acme-web1 from mcm-a1 to mcm-b1, mode chosen by the module
+  multicloud.migration.vm_migrate:
+    name: acme-web1
+    destination: mcm-b1
+    destination_address: 172.30.0.21
+  delegate_to: mcm-a1
+  register: moved
+
+- name: Live migration of a VM on shared storage, at most 50 ms of downtime
+  multicloud.migration.vm_migrate:
+    name: acme-db1
+    destination: mcm-b1
+    mode: live
+    max_downtime_ms: 50
+    bandwidth_mib: 200
+
+- name: Cold migration over ssh, with the checksum of every disk
+  multicloud.migration.vm_migrate:
+    name: acme-web1
+    destination: mcm-a1
+    destination_uri: qemu+ssh://root@mcm-a1/system
+    mode: cold
+    shutdown_timeout: 30
+
+- name: What a migration would do (mode, bytes, estimated time)
+  multicloud.migration.vm_migrate:
+    name: acme-web1
+    destination: mcm-b1
+  check_mode: true
+  register: plan
+"""
+
+RETURN = r"""
+mode:
+  description: The mode used (null when there was nothing to do).
+  returned: always
+  type: str
+  sample: live-block
+mode_reason:
+  description: Why this mode (V(requested), or what V(auto) saw).
+  returned: always
+  type: str
+  sample: "auto: the domain runs with local disks"
+plan:
+  description:
+    - What the migration does - C(mode), C(source), C(destination), C(destination_uri),
+      C(migrate_uri), C(disks) (path, target, format, capacity, allocation, shared),
+      C(copied_disks), C(disk_bytes), C(memory_bytes), C(bytes_to_copy), C(bandwidth_mib),
+      C(bandwidth_assumed), C(estimated_seconds) and for live modes C(flags) and C(max_downtime_ms).
+  returned: when something was (or would be) migrated
+  type: dict
+stats:
+  description:
+    - Live modes - from the completed job (jobStats COMPLETED on the destination) -
+      C(downtime_ms), C(downtime_net_ms), C(elapsed_ms), C(setup_ms), C(bytes) (data
+      processed), C(data_total), C(disk_bytes), C(disk_total), C(memory_bytes), C(memory_total),
+      C(memory_iterations), plus C(wall_ms) measured by the module.
+    - Cold - C(downtime_ms) (shutdown request to the destination started), C(elapsed_ms),
+      C(shutdown_ms), C(copy_ms), C(bytes) (data sent), C(disk_bytes) (volume bytes, holes
+      included), C(disk_hole_bytes), C(memory_bytes) (0), C(graceful_shutdown).
+  returned: success, outside check mode
+  type: dict
+  sample: {downtime_ms: 64, elapsed_ms: 1130, bytes: 61440000, disk_bytes: 3014656, memory_bytes: 58000000}
+progress:
+  description:
+    - Samples taken about every second while the data moved - C(elapsed_s), C(percent)
+      (processed/total), C(processed_bytes), C(remaining_bytes), C(total_bytes), C(rate_bps),
+      C(memory_iteration).
+  returned: always
+  type: list
+  elements: dict
+checksum:
+  description:
+    - V(cold) - per copied disk C(path), C(algorithm) (sha256), C(source) (hash of the bytes
+      sent), C(destination) (hash read back on the destination), C(match), C(bytes),
+      C(data_bytes), C(hole_bytes), C(sparse), C(seconds).
+  returned: always (null unless cold)
+  type: list
+  elements: dict
+source_state:
+  description: State of the domain on the source afterwards - V(absent) after a live migration, V(shutoff) after cold.
+  returned: always
+  type: str
+destination_state:
+  description: State of the domain on the destination afterwards.
+  returned: always
+  type: str
+source_disks_left:
+  description: After V(live-block), the disk files that stay on the source (delete them once the migration is confirmed).
+  returned: after live-block
+  type: list
+  elements: str
+flags:
+  description: Names of the VIR_MIGRATE_* flags used.
+  returned: after a live mode
+  type: list
+  elements: str
+unsafe:
+  description: Whether C(VIR_MIGRATE_UNSAFE) was (or would be) used.
+  returned: always
+  type: bool
+changes:
+  description: Objects created on the destination (volumes, a pool, the domain for cold).
+  returned: always
+  type: list
+  elements: dict
+source:
+  description: Host name of the source.
+  returned: always
+  type: str
+destination_address:
+  description: Address used for the destination.
+  returned: always
+  type: str
+destination_uri:
+  description: libvirt URI of the destination used.
+  returned: always
+  type: str
+diff:
+  description: Where the domain runs, before and after, in diff mode.
+  returned: when diff mode is on and something changed
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.multicloud.migration.plugins.module_utils.libvirt_migrate import (
+    DEFAULT_MAX_DOWNTIME_MS,
+    DEFAULT_SHARED_PATHS,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    MODE_CHOICES,
+    MigrationError,
+    run_vm_migrate,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "destination": {"type": "str", "required": True},
+            "destination_address": {"type": "str"},
+            "destination_uri": {"type": "str"},
+            "mode": {"type": "str", "choices": list(MODE_CHOICES), "default": "auto"},
+            "shared_paths": {
+                "type": "list",
+                "elements": "path",
+                "default": list(DEFAULT_SHARED_PATHS),
+            },
+            "unsafe": {"type": "bool"},
+            "max_downtime_ms": {"type": "int", "default": DEFAULT_MAX_DOWNTIME_MS},
+            "bandwidth_mib": {"type": "int"},
+            "auto_converge": {"type": "bool", "default": False},
+            "timeout": {"type": "int", "default": DEFAULT_TIMEOUT},
+            "shutdown_timeout": {"type": "int", "default": DEFAULT_SHUTDOWN_TIMEOUT},
+            "pool": {"type": "str", "default": "mcm"},
+            "pool_path": {"type": "path", "default": "/var/lib/mcm/vms"},
+        },
+        supports_check_mode=True,
+    )
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
+    for key in ("max_downtime_ms", "timeout"):
+        if module.params[key] < 1:
+            module.fail_json(msg=f"{key} must be at least 1")
+    if module.params["bandwidth_mib"] is not None and module.params["bandwidth_mib"] < 1:
+        module.fail_json(msg="bandwidth_mib must be at least 1 (leave it out for no limit)")
+    try:
+        result = run_vm_migrate(module.params, module.check_mode, module._diff)
+    except MigrationError as exc:
+        module.fail_json(msg=str(exc), **exc.details)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

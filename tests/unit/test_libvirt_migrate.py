@@ -1,0 +1,412 @@
+"""libvirt_migrate without libvirt: mode choice, flags per mode, parameters, progress and
+completed-stats parsing, the polling loop and the volume stream against fakes."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_migrate as lm
+
+SHARED = ["/var/lib/mcm/shared"]
+
+
+class FakeLibvirtError(Exception):
+    def get_error_code(self) -> int:
+        return 0
+
+
+FAKE_LIBVIRT = SimpleNamespace(
+    libvirtError=FakeLibvirtError,
+    VIR_MIGRATE_LIVE=1,
+    VIR_MIGRATE_PEER2PEER=2,
+    VIR_MIGRATE_PERSIST_DEST=8,
+    VIR_MIGRATE_UNDEFINE_SOURCE=16,
+    VIR_MIGRATE_NON_SHARED_DISK=64,
+    VIR_MIGRATE_UNSAFE=512,
+    VIR_MIGRATE_ABORT_ON_ERROR=4096,
+    VIR_MIGRATE_AUTO_CONVERGE=8192,
+    VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM=1,
+    VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM=1,
+    VIR_STREAM_RECV_STOP_AT_HOLE=1,
+    VIR_ERR_NO_DOMAIN=42,
+)
+
+
+@pytest.fixture
+def fake_libvirt(monkeypatch):
+    monkeypatch.setattr(lm, "libvirt", FAKE_LIBVIRT)
+    return FAKE_LIBVIRT
+
+
+# --------------------------------------------------------------------------- mode choice
+
+
+@pytest.mark.parametrize(
+    ("disks", "active", "mode"),
+    [
+        (["/var/lib/mcm/shared/a.qcow2"], True, "live"),
+        (["/var/lib/mcm/shared/sub/a.qcow2"], True, "live"),
+        (["/var/lib/mcm/vms/a.qcow2"], True, "live-block"),
+        (["/var/lib/mcm/shared/a.qcow2", "/var/lib/mcm/vms/b.qcow2"], True, "live-block"),
+        (["/var/lib/mcm/shared-not/a.qcow2"], True, "live-block"),  # a prefix is no parent
+        (["/var/lib/mcm/vms/a.qcow2"], False, "cold"),
+        (["/var/lib/mcm/shared/a.qcow2"], False, "cold"),
+        ([], True, "live"),
+    ],
+)
+def test_auto_mode(disks, active, mode):
+    chosen, reason = lm.choose_mode("auto", disks, active, SHARED)
+    assert chosen == mode
+    assert reason.startswith("auto: ")
+
+
+def test_requested_mode_is_kept_and_live_needs_a_running_domain():
+    assert lm.choose_mode("cold", ["/x"], True, SHARED) == ("cold", "requested")
+    assert lm.choose_mode("live", ["/x"], True, SHARED) == ("live", "requested")
+    for mode in ("live", "live-block"):
+        with pytest.raises(lm.MigrationError, match="use mode cold"):
+            lm.choose_mode(mode, ["/x"], False, SHARED)
+    with pytest.raises(lm.MigrationError, match="mode must be one of"):
+        lm.choose_mode("warp", [], True, SHARED)
+
+
+def test_under_paths():
+    assert lm.under_paths("/var/lib/mcm/shared/x", ["/var/lib/mcm/shared/"])
+    assert not lm.under_paths("/var/lib/mcm/shared", ["/var/lib/mcm/shared"])
+    assert not lm.under_paths("/var/lib/mcm/sharedx/y", ["/var/lib/mcm/shared"])
+    assert not lm.under_paths(None, SHARED)
+
+
+# --------------------------------------------------------------------------- flags, params
+
+
+def test_flags_per_mode():
+    live = lm.flag_names("live")
+    assert live == [
+        "VIR_MIGRATE_LIVE",
+        "VIR_MIGRATE_PEER2PEER",
+        "VIR_MIGRATE_PERSIST_DEST",
+        "VIR_MIGRATE_UNDEFINE_SOURCE",
+        "VIR_MIGRATE_ABORT_ON_ERROR",
+    ]
+    block = lm.flag_names("live-block")
+    assert set(block) == {*live, "VIR_MIGRATE_NON_SHARED_DISK"}
+    assert "VIR_MIGRATE_UNSAFE" in lm.flag_names("live", unsafe=True)
+    assert "VIR_MIGRATE_AUTO_CONVERGE" in lm.flag_names("live-block", auto_converge=True)
+    assert "VIR_MIGRATE_UNSAFE" not in block
+    with pytest.raises(lm.MigrationError):
+        lm.flag_names("cold")
+
+
+def test_flag_values(fake_libvirt):
+    assert lm.migration_flags(lm.flag_names("live", unsafe=True)) == 1 | 2 | 8 | 16 | 4096 | 512
+    assert lm.migration_flags(lm.flag_names("live-block")) == 1 | 2 | 8 | 16 | 4096 | 64
+    with pytest.raises(lm.MigrationError, match="VIR_MIGRATE_NOPE"):
+        lm.migration_flags(["VIR_MIGRATE_NOPE"])
+
+
+def test_params_and_uris():
+    assert lm.migration_params("tcp://172.30.0.21") == {"migrate_uri": "tcp://172.30.0.21"}
+    params = lm.migration_params(
+        "tcp://172.30.0.21", dest_xml="<domain/>", bandwidth_mib=50, disks=["vda"]
+    )
+    assert params == {
+        "migrate_uri": "tcp://172.30.0.21",
+        "destination_xml": "<domain/>",
+        "bandwidth": 50,
+        "migrate_disks": ["vda"],
+    }
+    assert lm.default_destination_uri("172.30.0.21") == "qemu+tcp://172.30.0.21/system"
+    assert lm.default_destination_uri("fd00::1") == "qemu+tcp://[fd00::1]/system"
+
+
+def test_probe_ignores_local_uris():
+    lm.probe_tcp("qemu:///system")  # no host: nothing to probe
+
+
+def test_probe_names_the_unreachable_address():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]  # bound, not listening: refused
+        with pytest.raises(lm.MigrationError, match=f"127.0.0.1:{port}") as info:
+            lm.probe_tcp(f"qemu+tcp://127.0.0.1:{port}/system", timeout=2)
+    assert info.value.details["phase"] == "connect"
+
+
+# --------------------------------------------------------------------------- progress, stats
+
+
+def test_progress_sample_math():
+    stats = {
+        "type": 2,
+        "data_total": 200 * 2**20,
+        "data_processed": 50 * 2**20,
+        "data_remaining": 150 * 2**20,
+        "memory_bps": 30_000_000,
+        "disk_bps": 10_000_000,
+        "memory_iteration": 1,
+    }
+    sample = lm.progress_sample(stats, 1.234)
+    assert sample == {
+        "elapsed_s": 1.23,
+        "percent": 25.0,
+        "processed_bytes": 50 * 2**20,
+        "remaining_bytes": 150 * 2**20,
+        "total_bytes": 200 * 2**20,
+        "rate_bps": 40_000_000,
+        "memory_iteration": 1,
+        "disk_processed_bytes": None,
+        "disk_total_bytes": None,
+    }
+    assert lm.progress_sample({"type": 0}, 1) is None
+    assert lm.progress_sample(None, 1) is None
+    partial = lm.progress_sample({"type": 2, "data_total": 10, "data_processed": 4}, 0)
+    assert partial["remaining_bytes"] == 6 and partial["percent"] == 40.0
+    assert lm.progress_sample({"type": 2}, 0)["percent"] == 0.0
+    block = lm.progress_sample({"type": 2, "disk_total": 64, "disk_processed": 16}, 0)
+    assert (block["disk_processed_bytes"], block["disk_total_bytes"]) == (16, 64)
+    over = lm.progress_sample({"type": 2, "data_total": 10, "data_processed": 12}, 0)
+    assert over["percent"] == 100.0
+
+
+def test_completed_stats_parsing():
+    stats = {
+        "type": 3,
+        "operation": 3,
+        "time_elapsed": 1130,
+        "downtime": 64,
+        "downtime_net": 60,
+        "setup_time": 12,
+        "data_total": 80_000_000,
+        "data_processed": 70_000_000,
+        "disk_total": 67_108_864,
+        "disk_processed": 3_000_000,
+        "memory_total": 134_217_728,
+        "memory_processed": 60_000_000,
+        "memory_iteration": 3,
+    }
+    assert lm.parse_completed_stats(stats) == {
+        "downtime_ms": 64,
+        "downtime_net_ms": 60,
+        "elapsed_ms": 1130,
+        "setup_ms": 12,
+        "bytes": 70_000_000,
+        "data_total": 80_000_000,
+        "disk_bytes": 3_000_000,
+        "disk_total": 67_108_864,
+        "memory_bytes": 60_000_000,
+        "memory_total": 134_217_728,
+        "memory_iterations": 3,
+    }
+    empty = lm.parse_completed_stats({})
+    assert empty["downtime_ms"] is None and empty["bytes"] is None
+    assert lm.parse_completed_stats({"data_total": 5})["bytes"] == 5
+
+
+def test_estimate():
+    assert lm.estimate_seconds(100 * 2**20, None) == 1.0  # 100 MiB/s assumed
+    assert lm.estimate_seconds(100 * 2**20, 50) == 2.0
+
+
+def test_hash_zeros_equals_hashing_real_zeros():
+    for length in (0, 1, lm.CHUNK, lm.CHUNK + 7, 3 * lm.CHUNK - 1):
+        digest = hashlib.sha256()
+        lm.hash_zeros(digest, length)
+        assert digest.hexdigest() == hashlib.sha256(bytes(length)).hexdigest()
+
+
+# --------------------------------------------------------------------------- the job loop
+
+
+class FakeDomain:
+    """A source domain whose migration takes ``duration`` seconds (or fails)."""
+
+    def __init__(self, duration: float, fail: str | None = None) -> None:
+        self.duration, self.fail = duration, fail
+        self.started: float | None = None
+        self.aborted = False
+        self.downtimes: list[int] = []
+
+    def migrateToURI3(self, uri, params, flags):
+        self.started = time.monotonic()
+        self.call = (uri, params, flags)
+        for _attempt in range(1000):
+            if self.aborted:
+                raise FakeLibvirtError("operation aborted: migration out job: canceled by client")
+            if time.monotonic() - self.started >= self.duration:
+                break
+            time.sleep(0.01)
+        if self.fail:
+            raise FakeLibvirtError(self.fail)
+        self.started = None
+        return 0
+
+    def jobStats(self, flags=0):
+        if self.started is None:
+            return {"type": 0}
+        done = min(1.0, (time.monotonic() - self.started) / self.duration)
+        return {"type": 2, "data_total": 1000, "data_processed": int(1000 * done)}
+
+    def migrateSetMaxDowntime(self, ms, flags=0):
+        self.downtimes.append(ms)
+
+    def abortJob(self):
+        self.aborted = True
+
+
+def job(timeout: float = 5.0, progress=None) -> lm.Migration:
+    opts = lm.MigrateOptions(timeout=timeout, poll_interval=0.05, max_downtime_ms=30)
+    return lm.Migration(object(), object(), "qemu+tcp://d/system", "vm1", opts=opts,
+                        progress=progress)  # fmt: skip
+
+
+def test_job_polls_progress_and_sets_downtime(fake_libvirt):
+    seen = []
+    migration = job(progress=seen.append)
+    dom = FakeDomain(0.4)
+    error = migration._run_job(dom, {"migrate_uri": "tcp://d"}, 3, time.monotonic())
+    assert error is None
+    assert dom.call == ("qemu+tcp://d/system", {"migrate_uri": "tcp://d"}, 3)
+    assert len(migration.samples) >= 3 and seen == migration.samples
+    percents = [s["percent"] for s in migration.samples]
+    assert percents == sorted(percents) and 0 <= percents[0] < percents[-1] <= 100
+    assert dom.downtimes == [30]  # once, when the job shows up
+
+
+def test_job_failure_is_returned_not_raised(fake_libvirt):
+    error = job()._run_job(FakeDomain(0.1, fail="unable to connect"), {}, 0, time.monotonic())
+    assert isinstance(error, lm.MigrationError)
+    assert "unable to connect" in str(error) and error.details["phase"] == "migrate"
+
+
+def test_job_past_the_timeout_is_aborted(fake_libvirt):
+    dom = FakeDomain(30)
+    started = time.monotonic()
+    error = job(timeout=0.3)._run_job(dom, {}, 0, started)
+    assert dom.aborted and time.monotonic() - started < 5
+    assert "timeout of 0.3 s" in str(error) and "aborted" in str(error)
+
+
+def test_abort(fake_libvirt):
+    class Conn:
+        def __init__(self, dom):
+            self.dom = dom
+
+        def lookupByName(self, name):
+            return self.dom
+
+    busy = FakeDomain(10)
+    busy.started = time.monotonic()
+    assert lm.abort(Conn(busy), "vm1") and busy.aborted
+    idle = FakeDomain(10)
+    assert not lm.abort(Conn(idle), "vm1") and not idle.aborted
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class FakeStream:
+    def __init__(self, pieces=None):
+        self.pieces = list(pieces or [])
+        self.received: list = []
+        self.finished = self.aborted = False
+
+    # download side: bytes, or ("hole", n)
+    def recvFlags(self, nbytes, flags):
+        if not self.pieces:
+            return b""
+        piece = self.pieces[0]
+        if isinstance(piece, tuple):
+            return -3
+        self.pieces.pop(0)
+        return piece
+
+    def recv(self, nbytes):
+        return self.recvFlags(nbytes, 0)
+
+    def recvHole(self, flags=0):
+        return self.pieces.pop(0)[1]
+
+    # upload side
+    def send(self, data):
+        half = max(1, len(data) // 2)  # partial sends are retried
+        self.received.append(data[:half])
+        return half
+
+    def sendHole(self, length, flags=0):
+        self.received.append(("hole", length))
+        return 0
+
+    def finish(self):
+        self.finished = True
+
+    def abort(self):
+        self.aborted = True
+
+
+class FakeConn:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def newStream(self, flags):
+        return self.stream
+
+
+class FakeVol:
+    def __init__(self):
+        self.calls = []
+
+    def download(self, stream, offset, length, flags):
+        self.calls.append(("download", flags))
+
+    def upload(self, stream, offset, length, flags):
+        self.calls.append(("upload", flags))
+
+
+def test_stream_volume_sparse_copy_and_hash(fake_libvirt):
+    down = FakeStream([b"abc", ("hole", 5000), b"xyz"])
+    up = FakeStream()
+    src_vol, dst_vol = FakeVol(), FakeVol()
+    done = []
+    result = lm.stream_volume(
+        FakeConn(down), src_vol, FakeConn(up), dst_vol, total=5006,
+        deadline=time.monotonic() + 10, progress=done.append,
+    )  # fmt: skip
+    content = b"abc" + bytes(5000) + b"xyz"
+    assert result == {
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "bytes": 5006,
+        "data_bytes": 6,
+        "hole_bytes": 5000,
+        "sparse": True,
+    }
+    sent = b"".join(p for p in up.received if isinstance(p, bytes))
+    assert sent == b"abcxyz" and ("hole", 5000) in up.received
+    assert down.finished and up.finished
+    assert src_vol.calls == [("download", 1)] and dst_vol.calls == [("upload", 1)]
+    assert done[-1] == 5006
+
+
+def test_stream_volume_aborts_both_streams_on_error(fake_libvirt):
+    class Broken(FakeStream):
+        def send(self, data):
+            raise FakeLibvirtError("connection reset")
+
+    down, up = FakeStream([b"abc"]), Broken()
+    with pytest.raises(FakeLibvirtError):
+        lm.stream_volume(FakeConn(down), FakeVol(), FakeConn(up), FakeVol(), total=3,
+                         deadline=time.monotonic() + 10)  # fmt: skip
+    assert down.aborted and up.aborted
+
+
+def test_stream_volume_is_bounded(fake_libvirt):
+    endless = FakeStream([b"x"] * 100_000)
+    with pytest.raises(lm.MigrationError, match="did not end"):
+        lm.stream_volume(FakeConn(endless), FakeVol(), None, None, total=0,
+                         deadline=time.monotonic() + 30)  # fmt: skip
