@@ -13,7 +13,7 @@ APT_PACKAGES := podman runc containernetworking-plugins iptables uidmap debootst
 	qemu-utils qemu-system-x86 cpio kmod iproute2 dnsmasq-base libvirt-dev pkg-config gcc \
 	python3-dev python3-venv ca-certificates graphviz
 
-.PHONY: help deps apt-deps venv lab lab-down lab-clean lab-status demo test unit integration lint
+.PHONY: help deps apt-deps venv lab lab-down lab-clean lab-status demo test unit integration lint bench
 
 help:
 	@echo "make demo       install, build the lab, run the main job, print a summary"
@@ -101,3 +101,7 @@ integration: lab
 # One pytest run, so its closing line counts everything.
 test: deps lint lab
 	$(PY) -m pytest tests/unit tests/integration
+
+# Benchmarks (not part of make test): bring-up at scale next to a per-step baseline.
+bench: lab
+	$(PY) bench/bringup.py
