@@ -185,6 +185,17 @@ def host_plan(
         if key not in links:
             links[key] = item
 
+    def attach_namespace(
+        ns: str, forwarding: bool, legs: tuple[str, str], bridge: str, tag: str
+    ) -> None:
+        """A namespace with lo up and a veth leg on ``bridge`` (the inner end created in it)."""
+        root_leg, inner_leg = legs
+        netns[ns] = {"name": ns, "forwarding": forwarding}
+        link({"name": "lo", "kind": "device", "namespace": ns, "state": "up"})
+        leg = {"mtu": TENANT_MTU, "state": "up", "owner": tag}
+        link({"name": root_leg, "kind": "veth", "master": bridge, **leg,
+              "peer": {"name": inner_leg, "namespace": ns, **leg}})  # fmt: skip
+
     # The spec is authoritative for every tenant it names, present or absent: what such a
     # tenant owns on this host and the plan leaves out is removed (scoped overridden).
     tenants = {t["name"] for t in spec.get("tenants", [])}
@@ -217,25 +228,7 @@ def host_plan(
         if net["dhcp"]["enabled"]:
             ns = net["dhcp"]["namespace"]
             root_leg, ns_leg = net["dhcp"]["legs"]
-            netns[ns] = {"name": ns, "forwarding": False}
-            link({"name": "lo", "kind": "device", "namespace": ns, "state": "up"})
-            link(
-                {
-                    "name": root_leg,
-                    "kind": "veth",
-                    "mtu": TENANT_MTU,
-                    "master": bridge,
-                    "state": "up",
-                    "owner": tag,
-                    "peer": {
-                        "name": ns_leg,
-                        "namespace": ns,
-                        "mtu": TENANT_MTU,
-                        "state": "up",
-                        "owner": tag,
-                    },
-                }
-            )
+            attach_namespace(ns, False, (root_leg, ns_leg), bridge, tag)
             addresses[(ns, ns_leg)] = [f"{net['dhcp']['server']}/{prefix}"]
             if net["gateway"] and net["routed"]:
                 routes[ns] = [{"dst": "default", "gateway": net["gateway"]}]
@@ -267,25 +260,7 @@ def host_plan(
         if net["routed"] and net["gateway"]:
             rns = net["router_namespace"]
             root_leg, r_leg = net["router_legs"]
-            netns[rns] = {"name": rns, "forwarding": True}
-            link({"name": "lo", "kind": "device", "namespace": rns, "state": "up"})
-            link(
-                {
-                    "name": root_leg,
-                    "kind": "veth",
-                    "mtu": TENANT_MTU,
-                    "master": bridge,
-                    "state": "up",
-                    "owner": tag,
-                    "peer": {
-                        "name": r_leg,
-                        "namespace": rns,
-                        "mtu": TENANT_MTU,
-                        "state": "up",
-                        "owner": tag,
-                    },
-                }
-            )
+            attach_namespace(rns, True, (root_leg, r_leg), bridge, tag)
             # a shared managed-novlan segment: one router leg carries every gateway
             addresses.setdefault((rns, r_leg), []).append(f"{net['gateway']}/{prefix}")
 
