@@ -86,6 +86,7 @@ MIB = 1024 * 1024
 CHUNK = 1024 * 1024
 ZEROS = bytes(CHUNK)
 ABORT_GRACE = 60  # seconds a job may take to stop after abortJob
+ABORT_REPEAT = 2.0  # seconds between abortJob calls while a timed-out job still runs
 LIBVIRT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 JOB_NONE = 0  # VIR_DOMAIN_JOB_NONE
 JOB_STATS_COMPLETED = 1  # VIR_DOMAIN_JOB_STATS_COMPLETED
@@ -684,13 +685,14 @@ class Migration:
         """migrateToURI3 in a worker, jobStats polled meanwhile; the error, or None.
 
         The worker is a daemon thread: a libvirt call that never returns cannot keep the
-        module from reporting. Past the deadline abortJob is sent (again at each poll
-        until libvirt accepts it).
+        module from reporting. Past the deadline abortJob is sent, and sent again every
+        ABORT_REPEAT seconds until the job ends.
         """
         interval = max(self.opts.poll_interval, 0.01)
         deadline = started + self.opts.timeout
         limit = int((self.opts.timeout + ABORT_GRACE) / interval) + 2
-        downtime_set = abort_sent = timed_out = False
+        downtime_set = timed_out = False
+        aborts, abort_next = 0, deadline
         box: dict[str, Any] = {}
 
         def work() -> None:
@@ -714,13 +716,19 @@ class Migration:
                     self.samples.append(sample)
                     if self.progress_cb is not None:
                         self.progress_cb(sample)
-            if not abort_sent and time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline and now >= abort_next:
+                # Sent again every ABORT_REPEAT s while the job lives: libvirt 9.0 accepts an
+                # abort during the NBD disk-mirror phase and then starts the memory phase
+                # anyway (seen on the lab), so one accepted abortJob is not enough.
                 timed_out = True
+                abort_next = now + ABORT_REPEAT
                 try:
                     dom.abortJob()
-                    abort_sent = True
+                    aborts += 1
                 except _lverr() as exc:
-                    self.warnings.append(f"{self.label}: abortJob failed (retrying): {exc}")
+                    if not aborts:
+                        self.warnings.append(f"{self.label}: abortJob failed (retrying): {exc}")
         if worker.is_alive():
             return MigrationError(
                 f"{self.label}: the migration job did not end within "

@@ -227,6 +227,10 @@ def test_busy_domain_is_refused_and_a_timeout_aborts(nodes, local_vm, tmp_path):
 
     from conftest import BIN, lab_env
 
+    # An idle guest's memory is mostly zero pages, which QEMU sends as flags: even at 1 MiB/s
+    # such a migration can finish inside 10 s. 30 MiB of random data cannot (>= 30 s).
+    [fill] = console(SRC, local_vm, "dd if=/dev/urandom of=/dev/shm/fill bs=1M count=30 2>&1")
+    assert fill["rc"] == 0, fill
     play = [{"hosts": SRC, "gather_facts": False, "tasks": [{"name": "slow",
              "multicloud.migration.vm_migrate": {
                  "name": local_vm, "destination": DST, "destination_address": ADDRESS[DST],
@@ -260,6 +264,8 @@ def test_busy_domain_is_refused_and_a_timeout_aborts(nodes, local_vm, tmp_path):
     assert result["progress"], "a 10 s job is sampled every second"
     assert probe(nodes[SRC])["domains"][local_vm]["state"] == RUNNING
     assert probe(nodes[DST]) == {"domains": {}, "volumes": []}
+    [freed] = console(SRC, local_vm, "rm /dev/shm/fill")
+    assert freed["rc"] == 0, freed
 
 
 def test_live_block_moves_the_vm_and_its_disk(nodes, local_vm, tmp_path):
