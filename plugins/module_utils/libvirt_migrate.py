@@ -58,9 +58,11 @@ except ImportError as _exc:  # the pure helpers work without it
     LIBVIRT_IMPORT_ERROR = str(_exc)
 
 __all__ = [
+    "DEFAULT_ENCRYPTION",
     "DEFAULT_MAX_DOWNTIME_MS",
     "DEFAULT_SHARED_PATHS",
     "DEFAULT_TIMEOUT",
+    "ENCRYPTION_CHOICES",
     "MODES",
     "MODE_CHOICES",
     "MigrateOptions",
@@ -70,6 +72,7 @@ __all__ = [
     "flag_names",
     "migrate",
     "migration_params",
+    "missing_tls_files",
     "parse_completed_stats",
     "progress_sample",
     "run_vm_migrate",
@@ -81,6 +84,24 @@ DEFAULT_SHARED_PATHS = ("/var/lib/mcm/shared",)
 DEFAULT_MAX_DOWNTIME_MS = 30
 DEFAULT_TIMEOUT = 600
 DEFAULT_SHUTDOWN_TIMEOUT = 60
+# Encryption between hosts: "tls" = qemu+tls:// for the libvirt connection (which also
+# carries a cold copy) and VIR_MIGRATE_TLS for the live stream (qemu's native TLS, NBD
+# included); "none" = qemu+tcp:// and a plaintext stream.
+ENCRYPTION_CHOICES = ("tls", "none")
+DEFAULT_ENCRYPTION = "tls"
+TLS_SETUP_PLAYBOOK = "playbooks/setup_migration_tls.yml"
+# What the source needs as a TLS client: libvirt's (the module's and libvirtd's peer
+# connection) and qemu's (the migration stream). The destination's counterparts are
+# proved by its TLS port answering and by libvirt's own checks in the prepare step.
+TLS_CLIENT_FILES = (
+    "/etc/pki/CA/cacert.pem",
+    "/etc/pki/libvirt/clientcert.pem",
+    "/etc/pki/libvirt/private/clientkey.pem",
+    "/etc/pki/qemu/ca-cert.pem",
+    "/etc/pki/qemu/client-cert.pem",
+    "/etc/pki/qemu/client-key.pem",
+)
+ENCRYPTED_TRANSPORTS = ("tls", "ssh", "libssh", "libssh2")
 ASSUMED_BANDWIDTH_MIB = 100  # estimate only: about a 1 Gbit/s link
 MIB = 1024 * 1024
 CHUNK = 1024 * 1024
@@ -120,6 +141,7 @@ class MigrateOptions:
     """Everything a migration can be tuned with (see the vm_migrate module's options)."""
 
     migrate_address: str | None = None
+    encryption: str = DEFAULT_ENCRYPTION
     unsafe: bool = False
     max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS
     bandwidth_mib: int | None = None
@@ -172,8 +194,10 @@ def choose_mode(
     return "live-block", "auto: the domain runs with local disks"
 
 
-def flag_names(mode: str, *, unsafe: bool = False, auto_converge: bool = False) -> list[str]:
-    """Names of the VIR_MIGRATE_* flags of a live mode."""
+def flag_names(
+    mode: str, *, unsafe: bool = False, auto_converge: bool = False, tls: bool = False
+) -> list[str]:
+    """Names of the VIR_MIGRATE_* flags of a live mode (VIR_MIGRATE_TLS with ``tls``)."""
     if mode not in MODE_FLAGS:
         raise MigrationError(f"mode {mode} is not a libvirt migration", phase="input")
     names = list(MODE_FLAGS[mode])
@@ -181,6 +205,8 @@ def flag_names(mode: str, *, unsafe: bool = False, auto_converge: bool = False) 
         names.append("VIR_MIGRATE_UNSAFE")
     if auto_converge:
         names.append("VIR_MIGRATE_AUTO_CONVERGE")
+    if tls:
+        names.append("VIR_MIGRATE_TLS")
     return names
 
 
@@ -199,8 +225,45 @@ def host_for_uri(address: str) -> str:
     return f"[{address}]" if ":" in address and not address.startswith("[") else address
 
 
-def default_destination_uri(address: str) -> str:
-    return f"qemu+tcp://{host_for_uri(address)}/system"
+def default_destination_uri(address: str, encryption: str = DEFAULT_ENCRYPTION) -> str:
+    transport = "tls" if encryption == "tls" else "tcp"
+    return f"qemu+{transport}://{host_for_uri(address)}/system"
+
+
+def check_uri_encryption(uri: str, encryption: str) -> None:
+    """With encryption=tls, a destination_uri must encrypt the libvirt connection too."""
+    if encryption not in ENCRYPTION_CHOICES:
+        raise MigrationError(
+            f"encryption must be one of {', '.join(ENCRYPTION_CHOICES)}", phase="input"
+        )
+    parts = urlsplit(uri)
+    transport = parts.scheme.partition("+")[2]
+    if encryption == "tls" and parts.hostname and transport not in ENCRYPTED_TRANSPORTS:
+        raise MigrationError(
+            f"encryption=tls but destination_uri {uri} is not encrypted: use "
+            "qemu+tls://HOST/system (or qemu+ssh://), or leave destination_uri out; "
+            "encryption=none accepts a plaintext qemu+tcp:// connection",
+            phase="input",
+        )
+
+
+def missing_tls_files(paths: Iterable[str] = TLS_CLIENT_FILES) -> list[str]:
+    """The certificate and key files of ``paths`` that are missing or unreadable here."""
+    return [p for p in paths if not (os.path.isfile(p) and os.access(p, os.R_OK))]
+
+
+def tls_preflight(source: str, paths: Iterable[str] = TLS_CLIENT_FILES) -> None:
+    """Refuse a TLS migration from a source without its certificates, saying what to run."""
+    missing = missing_tls_files(paths)
+    if missing:
+        raise MigrationError(
+            f"encryption=tls but the source {source} lacks its TLS certificates "
+            f"({', '.join(missing)}): run {TLS_SETUP_PLAYBOOK} (it makes the CA and the "
+            "certificates of every cloud host and enables libvirt TLS), or pass "
+            "encryption=none for a plaintext migration",
+            phase="preflight",
+            missing_files=missing,
+        )
 
 
 def migration_params(
@@ -342,14 +405,20 @@ def probe_tcp(uri: str, timeout: float = 10) -> None:
     if not parts.hostname or transport not in LIBVIRT_PORTS:
         return
     port = parts.port or LIBVIRT_PORTS[transport]
+    if transport == "tls":
+        listen = (
+            f"libvirtd listens for TLS there (listen_tls = 1: run {TLS_SETUP_PLAYBOOK} "
+            "on both clouds)"
+        )
+    else:
+        listen = "libvirtd listens there (listen_tcp / virtproxyd-tcp.socket for qemu+tcp)"
     try:
         with socket.create_connection((parts.hostname, port), timeout=timeout):
             pass
     except OSError as exc:
         raise MigrationError(
             f"cannot reach the destination's libvirtd at {parts.hostname}:{port} ({exc}): "
-            "check destination_address, that libvirtd listens there (listen_tcp / "
-            "virtproxyd-tcp.socket for qemu+tcp) and that no firewall drops it",
+            f"check destination_address, that {listen} and that no firewall drops it",
             phase="connect",
         ) from exc
 
@@ -491,13 +560,20 @@ class Migration:
             "bandwidth_mib": self.opts.bandwidth_mib or ASSUMED_BANDWIDTH_MIB,
             "bandwidth_assumed": not self.opts.bandwidth_mib,
             "estimated_seconds": estimate_seconds(total, self.opts.bandwidth_mib),
+            "encryption": self.opts.encryption,
         }
         if mode in MODE_FLAGS:
-            plan["flags"] = flag_names(
-                mode, unsafe=self.opts.unsafe, auto_converge=self.opts.auto_converge
-            )
+            plan["flags"] = self.flag_names(mode)
             plan["max_downtime_ms"] = self.opts.max_downtime_ms
         return plan
+
+    def flag_names(self, mode: str) -> list[str]:
+        return flag_names(
+            mode,
+            unsafe=self.opts.unsafe,
+            auto_converge=self.opts.auto_converge,
+            tls=self.opts.encryption == "tls",
+        )
 
     @property
     def migrate_uri(self) -> str:
@@ -614,7 +690,7 @@ class Migration:
     def run_live(self, mode: str, disks: list[dict[str, Any]]) -> dict[str, Any]:
         dom = self.dom
         copied = [d for d in disks if not d["shared"]] if mode == "live-block" else []
-        names = flag_names(mode, unsafe=self.opts.unsafe, auto_converge=self.opts.auto_converge)
+        names = self.flag_names(mode)
         flags = migration_flags(names)
         params = migration_params(
             self.migrate_uri,
@@ -1190,10 +1266,19 @@ def run_vm_migrate(
         raise MigrationError(f"libvirt-python is required: {LIBVIRT_IMPORT_ERROR}", phase="input")
     name, destination = params["name"], params["destination"]
     address = params.get("destination_address") or resolve_address(destination)
-    dst_uri = params.get("destination_uri") or default_destination_uri(address)
+    encryption = params.get("encryption") or DEFAULT_ENCRYPTION
+    dst_uri = params.get("destination_uri") or default_destination_uri(address, encryption)
+    check_uri_encryption(dst_uri, encryption)
+    warnings: list[str] = []
+    if encryption == "none":
+        warnings.append(
+            f"VM {name}: encryption=none - the migration stream (memory and disks) and the "
+            f"libvirt connection to {destination} cross the network in plaintext"
+        )
     shared_paths = list(params.get("shared_paths") or DEFAULT_SHARED_PATHS)
     opts = MigrateOptions(
         migrate_address=address,
+        encryption=encryption,
         max_downtime_ms=params.get("max_downtime_ms") or DEFAULT_MAX_DOWNTIME_MS,
         bandwidth_mib=params.get("bandwidth_mib"),
         auto_converge=bool(params.get("auto_converge")),
@@ -1218,11 +1303,14 @@ def run_vm_migrate(
             unsafe = bool(paths) and any(under_paths(p, shared_paths) for p in paths)
         opts.unsafe = bool(unsafe)
         try:
+            if encryption == "tls":
+                tls_preflight(socket.gethostname())
             result = migrate(src_conn, dst_uri, name, params.get("mode") or "auto",
                              options=opts, check_mode=check_mode)  # fmt: skip
         except MigrationError as exc:
             exc.details.setdefault("destination", destination)
             exc.details.setdefault("destination_uri", dst_uri)
+            exc.details.setdefault("encryption", encryption)
             if "source_state" not in exc.details:
                 found = lookup_domain(src_conn, name)
                 exc.details["source_state"] = domain_state(found) if found else "absent"
@@ -1235,6 +1323,8 @@ def run_vm_migrate(
     result["destination"] = destination
     result["destination_address"] = address
     result["destination_uri"] = dst_uri
+    result["encryption"] = encryption
+    result["warnings"] = warnings + result.get("warnings", [])
     result["unsafe"] = opts.unsafe
     if result.get("plan"):
         result["plan"]["destination"] = destination

@@ -36,6 +36,7 @@ ROUTER_NS_PREFIX = "qrouter-"
 # QEMU/libvirt's prefix; 0x52 has the locally administered bit set and the
 # multicast bit clear, so every derived MAC is a locally administered unicast one.
 MAC_PREFIX = "52:54:00"
+ROUTER_MAC_PREFIX = "02:6d:63"  # locally administered unicast, "mcm"
 
 
 def _check_vni(vni: int) -> int:
@@ -117,6 +118,16 @@ def vm_mac(tenant: str, vm: str) -> str:
     """
     digest = hashlib.sha256(f"{tenant}/{vm}".encode()).digest()
     return MAC_PREFIX + "".join(f":{byte:02x}" for byte in digest[:3])
+
+
+def router_mac(tenant: str, vni: int) -> str:
+    """Deterministic MAC of a tenant router's leg on a segment: 02:6d:63 + sha256 bytes.
+
+    The gateway keeps its MAC when it moves to another cloud's router (subnet migration),
+    so the VMs' neighbour entries stay valid and nothing has to re-learn it.
+    """
+    digest = hashlib.sha256(f"router/{tenant}/{_check_vni(vni)}".encode()).digest()
+    return ROUTER_MAC_PREFIX + "".join(f":{byte:02x}" for byte in digest[:3])
 
 
 def domain_name(tenant: str, vm: str) -> str:

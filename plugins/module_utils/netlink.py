@@ -455,11 +455,15 @@ def normalize_links(config: Iterable[Mapping[str, Any]] | None) -> list[dict[str
                 "local": None if local in (None, "") else _ipv4(local, f"{path}.vxlan.local"),
                 "ttl": None if ttl is None else int(ttl),
             }
+        mac = item.get("mac")
+        if mac is not None and kind in ("device", "bridge"):
+            raise NetlinkStateError(f"{path}.mac: only for kinds veth and vxlan")
         record = {
             "name": name,
             "namespace": namespace,
             "kind": kind,
             "mtu": None if mtu is None else int(mtu),
+            "mac": None if mac is None else _mac(mac, f"{path}.mac"),
             "master": master,
             "state": state,
             "owner": owner,
@@ -477,6 +481,7 @@ def normalize_links(config: Iterable[Mapping[str, Any]] | None) -> list[dict[str
             if peer_state not in (None, "up", "down"):
                 raise NetlinkStateError(f"{path}.peer.state: must be up or down")
             peer_mtu = peer.get("mtu")
+            peer_mac = peer.get("mac")
             record["peer"] = {"name": peer_name, "namespace": peer_ns}
             add(record, path)
             add(
@@ -485,6 +490,7 @@ def normalize_links(config: Iterable[Mapping[str, Any]] | None) -> list[dict[str
                     "namespace": peer_ns,
                     "kind": "veth",
                     "mtu": record["mtu"] if peer_mtu is None else int(peer_mtu),
+                    "mac": None if peer_mac is None else _mac(peer_mac, f"{path}.peer.mac"),
                     "master": None,
                     "state": peer_state,
                     "owner": _check_owner(peer.get("owner"), f"{path}.peer.owner") or owner,
@@ -538,6 +544,8 @@ def _compare_link(
         return recreate, update
     if want["mtu"] is not None and have.get("mtu") != want["mtu"]:
         update["mtu"] = {"from": have.get("mtu"), "to": want["mtu"]}
+    if want.get("mac") is not None and have.get("mac") != want["mac"]:
+        update["mac"] = {"from": have.get("mac"), "to": want["mac"]}
     if want["master"] is not None or (reset and kind != "device"):
         if have.get("master") != want["master"]:
             update["master"] = {"from": have.get("master"), "to": want["master"]}
@@ -559,7 +567,7 @@ def _peer_text(peer: Mapping[str, Any] | None) -> str:
 
 def _create_details(want: Mapping[str, Any]) -> dict[str, Any]:
     details: dict[str, Any] = {"kind": want["kind"]}
-    for attr in ("mtu", "master", "owner"):
+    for attr in ("mtu", "mac", "master", "owner"):
         if want[attr] is not None:
             details[attr] = want[attr]
     details["state"] = want["state"] or "up"
@@ -727,6 +735,7 @@ def link_from_want(want: Mapping[str, Any]) -> dict[str, Any]:
         "namespace": want["namespace"],
         "kind": want["kind"],
         "mtu": want["mtu"],
+        "mac": want.get("mac"),
         "master": want["master"],
         "state": want["state"] or "up",
         "owner": want["owner"],
@@ -1192,6 +1201,7 @@ def _public_link(record: Mapping[str, Any]) -> dict[str, Any]:
         "namespace": record["namespace"],
         "kind": record.get("kind") or "device",
         "mtu": record.get("mtu"),
+        "mac": record.get("mac"),
         "master": record.get("master"),
         "state": record.get("state"),
         "owner": record.get("owner"),
@@ -1386,6 +1396,7 @@ def _parse_link(msg: Any, namespace: str | None) -> dict[str, Any]:
         "namespace": namespace,
         "kind": kind,
         "mtu": msg.get_attr("IFLA_MTU"),
+        "mac": (msg.get_attr("IFLA_ADDRESS") or "").lower() or None,
         "master": None,
         "state": "up" if msg["flags"] & IFF_UP else "down",
         "owner": msg.get_attr("IFLA_IFALIAS") or None,
@@ -1588,6 +1599,8 @@ def apply_links(
         spec: dict[str, Any] = {"ifname": w["name"], "kind": w["kind"]}
         if w["mtu"] is not None:
             spec["mtu"] = w["mtu"]
+        if w.get("mac") is not None:
+            spec["address"] = w["mac"]
         if w["kind"] == "vxlan":
             vx = w["vxlan"]
             spec.update(
@@ -1605,6 +1618,8 @@ def apply_links(
                 peer["net_ns_fd"] = session.ns_fd(peer_ns)
             if peer_want["mtu"] is not None:
                 peer["mtu"] = peer_want["mtu"]
+            if peer_want.get("mac") is not None:
+                peer["address"] = peer_want["mac"]
             spec["peer"] = peer
         ipr.link("add", **spec)
         ipr.link(
@@ -1651,6 +1666,8 @@ def apply_links(
         spec: dict[str, Any] = {"ifname": change["name"]}
         if "mtu" in details:
             spec["mtu"] = details["mtu"]["to"]
+        if "mac" in details:
+            spec["address"] = details["mac"]["to"]
         if "master" in details:
             spec["master"] = master_index(change["namespace"], details["master"]["to"])
         if "owner" in details:
@@ -1660,10 +1677,15 @@ def apply_links(
             spec["kind"] = "vxlan"
             for attr, value in vxlan.items():
                 spec[f"vxlan_{attr}"] = int(value) if attr == "learning" else value
+        bounce = "mac" in details and have[key].get("state") == "up"
+        if bounce:  # not every driver takes a new address while up
+            ipr.link("set", ifname=change["name"], state="down")
         if len(spec) > 1:
             ipr.link("set", **spec)
         if "state" in details:  # after mtu/master: a port comes up in its final place
             ipr.link("set", ifname=change["name"], state=details["state"]["to"])
+        elif bounce:
+            ipr.link("set", ifname=change["name"], state="up")
 
     done: list[Change] = []
     deletes = [c for c in changes if c["action"] == "delete"]

@@ -151,6 +151,96 @@ def peer_address(me: Host, peer: Host) -> str:
     return peer.underlay_ip if peer.cloud == me.cloud else peer.wan_ip
 
 
+PLACEMENT_KEYS = ("networks", "vms", "stretch", "gateways")
+TRANSIT_NET = ipaddress.IPv4Network("169.254.0.0/24")  # inside each tenant router only
+TRANSIT_METRIC = 100  # below a connected route: a gateway that moves away hands over
+TRANSIT_OWNER = "~transit"  # not a DNS label: no network can be called that
+
+
+def normalize_placement(placement: Mapping[str, Any] | None) -> dict[str, dict]:
+    """The placement record (docs/migration.md), every key present.
+
+    - ``networks``: ``tenant/network`` -> cloud that carries the network's DHCP and gateway
+      now (a migrated subnet), overriding the spec's ``cloud``;
+    - ``vms``: ``tenant/vm`` -> host (or cloud) the VM runs on (a migrated instance),
+      overriding the network's cloud and the spec's ``host``;
+    - ``stretch``: ``tenant/network`` -> extra hosts carrying the network's segment
+      (during a migration; not recorded);
+    - ``gateways``: ``tenant/network`` -> extra clouds whose router also holds the gateway
+      (make-before-break while a subnet's gateway moves; not recorded).
+    """
+    placement = placement or {}
+    unknown = sorted(set(placement) - set(PLACEMENT_KEYS))
+    if unknown:
+        raise PlanError(
+            f"placement: unknown key(s) {', '.join(unknown)} (known: {', '.join(PLACEMENT_KEYS)})"
+        )
+    out: dict[str, dict] = {}
+    for key in PLACEMENT_KEYS:
+        value = placement.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise PlanError(f"placement.{key}: a mapping of tenant/name to a value is required")
+        out[key] = dict(value)
+    return out
+
+
+def home_cloud(placement: Mapping[str, dict], tenant: str, net: Mapping[str, Any]) -> str:
+    """The cloud holding a network's DHCP and gateway: the placement's, else the spec's."""
+    return placement["networks"].get(f"{tenant}/{net['name']}", net["cloud"])
+
+
+def vm_target(
+    placement: Mapping[str, dict], hosts: Mapping[str, Host], tenant: str, vm: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """(host, cloud) a VM is placed on by the placement record, each None when free."""
+    where = placement["vms"].get(f"{tenant}/{vm['name']}")
+    if where is None:
+        return None, None
+    if where in hosts:
+        return where, hosts[where].cloud
+    if any(h.cloud == where for h in hosts.values()):
+        return None, where
+    raise PlanError(
+        f"placement.vms: {tenant}/{vm['name']} is placed on {where!r}, which is neither a "
+        "host nor a cloud of the inventory"
+    )
+
+
+def carriers(
+    placement: Mapping[str, dict], hosts: Mapping[str, Host], tenant: str, net: Mapping[str, Any]
+) -> list[Host]:
+    """Every host that carries a network's segment: the hosts of its home cloud, the hosts
+    its VMs were moved to, and the hosts a migration stretches it to."""
+    members = {h.name: h for h in cloud_hosts(hosts, home_cloud(placement, tenant, net))}
+    for vm in net["vms"]:
+        if vm.get("state", "present") != "present":
+            continue
+        host, cloud = vm_target(placement, hosts, tenant, vm)
+        if host is not None:
+            members[host] = hosts[host]
+        elif cloud is not None:
+            members.update((h.name, h) for h in cloud_hosts(hosts, cloud))
+    for name in placement["stretch"].get(f"{tenant}/{net['name']}", []):
+        if name not in hosts:
+            raise PlanError(f"placement.stretch: {tenant}/{net['name']}: no host {name!r}")
+        members[name] = hosts[name]
+    return [members[n] for n in sorted(members)]
+
+
+def gateway_clouds(placement: Mapping[str, dict], tenant: str, net: Mapping[str, Any]) -> list[str]:
+    """Clouds whose router holds a routed network's gateway: its home (and, while the
+    gateway moves, the cloud it leaves)."""
+    home = home_cloud(placement, tenant, net)
+    extra = placement["gateways"].get(f"{tenant}/{net['name']}", [])
+    return [home, *sorted(set(extra) - {home})]
+
+
+def transit_address(hosts: Mapping[str, Host], cloud: str) -> str:
+    """A cloud's router address on its tenants' transit segments (by cloud name order)."""
+    clouds = sorted({h.cloud for h in hosts.values()})
+    return str(TRANSIT_NET.network_address + clouds.index(cloud) + 1)
+
+
 def _present_networks(spec: Mapping[str, Any]) -> Iterable[tuple[dict, dict]]:
     for tenant in spec.get("tenants", []):
         if tenant.get("state", "present") != "present":
@@ -171,7 +261,7 @@ def host_plan(
     if host not in hosts:
         raise PlanError(f"host {host!r} is not in any cloud group of the inventory")
     me = hosts[host]
-    placement = placement or {}
+    placement = normalize_placement(placement)
     netns: dict[str, dict] = {}
     links: dict[tuple[str | None, str], dict] = {}
     addresses: dict[tuple[str | None, str], list[str]] = {}
@@ -199,10 +289,23 @@ def host_plan(
     # The spec is authoritative for every tenant it names, present or absent: what such a
     # tenant owns on this host and the plan leaves out is removed (scoped overridden).
     tenants = {t["name"] for t in spec.get("tenants", [])}
+    # tenant -> clouds whose router it needs, and (cloud, subnet) of its routed networks
+    router_clouds: dict[str, set[str]] = {}
+    routed_homes: dict[str, list[tuple[str, str]]] = {}
+    for tenant, net in _present_networks(spec):
+        if not (net["routed"] and net["gateway"]):
+            continue
+        tname = tenant["name"]
+        clouds = router_clouds.setdefault(tname, set())
+        clouds.update(h.cloud for h in carriers(placement, hosts, tname, net))
+        clouds.update(gateway_clouds(placement, tname, net))
+        routed_homes.setdefault(tname, []).append(
+            (home_cloud(placement, tname, net), net["subnet"])
+        )
     for tenant, net in _present_networks(spec):
         tname, nname = tenant["name"], net["name"]
-        cloud = placement.get(f"{tname}/{nname}", net["cloud"])
-        members = cloud_hosts(hosts, cloud)
+        cloud = home_cloud(placement, tname, net)
+        members = carriers(placement, hosts, tname, net)
         if me not in members:
             continue
         tag = owner(tname, nname)
@@ -222,9 +325,20 @@ def host_plan(
         peers = fdb.setdefault(vxlan, set())
         peers.update(peer_address(me, p) for p in members if p != me)
 
+        prefix = net["prefixlen"]
+        if (
+            net["routed"]
+            and net["gateway"]
+            and any(network_node(hosts, c) == me for c in gateway_clouds(placement, tname, net))
+        ):
+            rns = net["router_namespace"]
+            root_leg, r_leg = net["router_legs"]
+            attach_namespace(rns, True, (root_leg, r_leg), bridge, tag)
+            links[(None, root_leg)]["peer"]["mac"] = net["gateway_mac"]  # the gateway's MAC
+            # a shared managed-novlan segment: one router leg carries every gateway
+            addresses.setdefault((rns, r_leg), []).append(f"{net['gateway']}/{prefix}")
         if network_node(hosts, cloud) != me:
             continue
-        prefix = net["prefixlen"]
         if net["dhcp"]["enabled"]:
             ns = net["dhcp"]["namespace"]
             root_leg, ns_leg = net["dhcp"]["legs"]
@@ -257,12 +371,35 @@ def host_plan(
                     ),
                 }
             )
-        if net["routed"] and net["gateway"]:
-            rns = net["router_namespace"]
-            root_leg, r_leg = net["router_legs"]
-            attach_namespace(rns, True, (root_leg, r_leg), bridge, tag)
-            # a shared managed-novlan segment: one router leg carries every gateway
-            addresses.setdefault((rns, r_leg), []).append(f"{net['gateway']}/{prefix}")
+
+    # Transit: a tenant whose routers sit in several clouds links them with one segment
+    # of its own; each router reaches the subnets homed elsewhere through it.
+    for tenant in spec.get("tenants", []):
+        tname = tenant["name"]
+        clouds = sorted(router_clouds.get(tname, ()))
+        if len(clouds) < 2 or me.cloud not in clouds or network_node(hosts, me.cloud) != me:
+            continue
+        transit = tenant["transit"]
+        tag = owner(tname, TRANSIT_OWNER)
+        bridge, vxlan = transit["bridge"], transit["vxlan"]
+        link({"name": bridge, "kind": "bridge", "mtu": TENANT_MTU, "state": "up", "owner": tag})
+        link({"name": vxlan, "kind": "vxlan", "mtu": TENANT_MTU, "master": bridge, "state": "up",
+              "owner": tag, "vxlan": {"id": transit["vni"], "port": VXLAN_PORT,
+                                      "learning": True}})  # fmt: skip
+        fdb.setdefault(vxlan, set()).update(
+            peer_address(me, network_node(hosts, c)) for c in clouds if c != me.cloud
+        )
+        rns = tenant["router_namespace"]
+        root_leg, r_leg = transit["legs"]
+        attach_namespace(rns, True, (root_leg, r_leg), bridge, tag)
+        addresses[(rns, r_leg)] = [f"{transit_address(hosts, me.cloud)}/{TRANSIT_NET.prefixlen}"]
+        routes[rns] = [
+            {"dst": subnet, "gateway": transit_address(hosts, home), "metric": TRANSIT_METRIC}
+            for home, subnet in sorted(routed_homes.get(tname, []), key=lambda r: r[1])
+            if home != me.cloud
+        ]
+        if not routes[rns]:
+            del routes[rns]
 
     return {
         "host": host,
@@ -336,7 +473,7 @@ def vm_plans(
     another one. ``boot`` gives each host's direct-kernel-boot settings (the lab's guest
     kernel), or none to boot from the disk.
     """
-    placement = placement or {}
+    placement = normalize_placement(placement)
     boot = boot or {}
     where: dict[str, str] = {}
     for host, names in existing.items():
@@ -354,14 +491,18 @@ def vm_plans(
     problems = []
     chosen: dict[str, str] = {}
     for tenant, net in _present_networks(spec):
-        cloud = placement.get(f"{tenant['name']}/{net['name']}", net["cloud"])
-        members = cloud_hosts(hosts, cloud)
+        home = home_cloud(placement, tenant["name"], net)
         for vm in net["vms"]:
             if vm.get("state", "present") != "present":
                 continue
             name = vm["domain_name"]
+            pinned, cloud = vm_target(placement, hosts, tenant["name"], vm)
+            cloud = cloud or home
+            members = cloud_hosts(hosts, cloud)
             names = [m.name for m in members]
-            if vm.get("host"):
+            if pinned is not None:  # the placement record (a migration) wins
+                chosen[name] = pinned
+            elif vm.get("host"):
                 if vm["host"] not in names:
                     problems.append(
                         f"vm {tenant['name']}/{vm['name']}: host {vm['host']} is not in cloud "

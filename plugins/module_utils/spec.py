@@ -37,6 +37,7 @@ from .naming import (
     dhcp_namespace,
     domain_name,
     router_leg_names,
+    router_mac,
     router_namespace,
     vm_mac,
     vxlan_name,
@@ -971,6 +972,9 @@ def normalize(spec: Any, clouds: Iterable[str] | None = None) -> dict[str, Any]:
     }
 
     tenants = []
+    # Transit segments (between a tenant's routers in different clouds) take their VNIs
+    # after every network, so adding them never moves a network's VNI.
+    used = set(vnis.values())
     for tenant in checker.tenants:
         if tenant.name is None:
             raise AssertionError("a tenant without a name passed validation")
@@ -978,11 +982,19 @@ def normalize(spec: Any, clouds: Iterable[str] | None = None) -> dict[str, Any]:
             _normal_network(tenant, net, vnis[net.segment_key], leg_index[id(net)])  # type: ignore[index]
             for net in tenant.networks
         ]
+        transit_vni = _auto_vni(f"{tenant.name}/~transit", used)
+        used.add(transit_vni)
         tenants.append(
             {
                 "name": tenant.name,
                 "state": tenant.state,
                 "router_namespace": router_namespace(tenant.name),
+                "transit": {
+                    "vni": transit_vni,
+                    "bridge": bridge_name(transit_vni),
+                    "vxlan": vxlan_name(transit_vni),
+                    "legs": list(router_leg_names(transit_vni)),
+                },
                 "networks": networks,
             }
         )
@@ -1014,6 +1026,7 @@ def _normal_network(tenant: _Tenant, net: _Network, vni: int, leg_index: int) ->
         "vxlan": vxlan_name(vni),
         "router_namespace": router_namespace(tenant.name) if routed else None,
         "router_legs": list(router_leg_names(vni)) if routed else None,
+        "gateway_mac": router_mac(tenant.name, vni) if routed else None,
         "dhcp": {
             "enabled": dhcp_on,
             "range": [str(a) for a in dhcp_range] if dhcp_range else None,

@@ -82,22 +82,28 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: DHCP server address of acme/web and the tenant router's gateway
+- name: DHCP server address of ex-acme/web and the tenant router's gateway
   multicloud.migration.address:
     config:
-      - namespace: qdhcp-acme.web
-        interface: dhn-1001
+      - namespace: qdhcp-ex-acme.web
+        interface: dhn-3901
         addresses: [10.10.1.2/24]
-      - namespace: qrouter-acme
-        interface: qr-1001
+      - namespace: qrouter-ex-acme
+        interface: qr-3901
         addresses: [10.10.1.1/24]
     state: replaced
 
-- name: Remove the addresses of every interface of tenant acme
+- name: Addresses of the interfaces of tenant ex-acme
+  multicloud.migration.address:
+    state: gathered
+    scope_namespaces: [qdhcp-ex-acme., qrouter-ex-acme]
+  register: ex_acme_addresses
+
+- name: Remove the addresses of every interface of tenant ex-acme
   multicloud.migration.address:
     state: deleted
-    scope: "mcm:acme/"
-    scope_namespaces: [qdhcp-acme., qrouter-acme]
+    scope: "mcm:ex-acme/"
+    scope_namespaces: [qdhcp-ex-acme., qrouter-ex-acme]
 """
 
 RETURN = r"""

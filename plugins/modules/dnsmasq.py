@@ -147,29 +147,29 @@ options:
 """
 
 EXAMPLES = r"""
-- name: DHCP and DNS for the web network of tenant acme
+- name: DHCP and DNS for the web network of tenant ex-acme
   multicloud.migration.dnsmasq:
     config:
-      - name: qdhcp-acme.web
-        namespace: qdhcp-acme.web
-        interface: dhn-4242
+      - name: qdhcp-ex-acme.web
+        namespace: qdhcp-ex-acme.web
+        interface: dhn-3901
         server: 10.10.1.2
         subnet: 10.10.1.0/24
         range: [10.10.1.100, 10.10.1.200]
         gateway: 10.10.1.1
-        domain: web.acme
+        domain: web.ex-acme
         hosts:
           - {mac: "52:54:00:12:34:56", ip: 10.10.1.10, name: web1}
 
 - name: A static network serves only its reservations, with no router
   multicloud.migration.dnsmasq:
     config:
-      - name: qdhcp-acme.db
-        namespace: qdhcp-acme.db
-        interface: dhn-4243
+      - name: qdhcp-ex-acme.db
+        namespace: qdhcp-ex-acme.db
+        interface: dhn-3902
         server: 10.10.2.2
         subnet: 10.10.2.0/24
-        domain: db.acme
+        domain: db.ex-acme
         hosts:
           - {mac: "52:54:00:ab:cd:ef", ip: 10.10.2.10, name: db1}
 
@@ -177,27 +177,28 @@ EXAMPLES = r"""
   multicloud.migration.dnsmasq:
     state: merged
     config:
-      - name: qdhcp-acme.web
+      - name: qdhcp-ex-acme.web
         hosts:
           - {mac: "52:54:00:65:43:21", ip: 10.10.1.11, name: web2}
 
-- name: Exactly these instances of tenant acme on this host, remove the others
+# ex_acme_dhcp_instances: the whole instances, as in the first two tasks
+- name: Exactly these instances of tenant ex-acme on this host, remove the others
   multicloud.migration.dnsmasq:
     state: overridden
-    scope: qdhcp-acme.
-    config: "{{ acme_dhcp_instances }}"
+    scope: qdhcp-ex-acme.
+    config: "{{ ex_acme_dhcp_instances }}"
 
-- name: Leases and state of every instance of tenant acme
+- name: Leases and state of every instance of tenant ex-acme
   multicloud.migration.dnsmasq:
     state: gathered
-    scope: qdhcp-acme.
-  register: acme_dhcp
+    scope: qdhcp-ex-acme.
+  register: ex_acme_dhcp
 
 - name: Remove the DHCP server of a network
   multicloud.migration.dnsmasq:
     state: deleted
     config:
-      - name: qdhcp-acme.db
+      - name: qdhcp-ex-acme.db
 """
 
 RETURN = r"""

@@ -86,21 +86,27 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Flood list of network acme/web to the two other hosts that carry it
+- name: Flood list of network ex-acme/web to the two other hosts that carry it
   multicloud.migration.fdb:
     config:
-      - device: vxlan-1001
+      - device: vxlan-3901
         entries:
-          - dst: 172.30.1.12
-          - dst: 172.30.2.11
+          - dst: 172.30.1.11  # mcm-a1, same cloud: its underlay address
+          - dst: 172.30.0.21  # mcm-b1, another cloud: its WAN address
     state: replaced
 
-- name: One extra peer, the rest left as it is
+- name: One more peer, the rest left as it is
   multicloud.migration.fdb:
     config:
-      - device: vxlan-1001
+      - device: vxlan-3901
         entries:
-          - dst: 172.30.2.11
+          - dst: 172.30.0.22
+
+- name: Flood lists of the VXLAN devices of tenant ex-acme
+  multicloud.migration.fdb:
+    state: gathered
+    scope: "mcm:ex-acme/"
+  register: ex_acme_fdb
 """
 
 RETURN = r"""

@@ -52,6 +52,12 @@ options:
       mtu:
         description: MTU; omit to leave it to the kernel.
         type: int
+      mac:
+        description:
+          - Ethernet address (kinds veth and vxlan); omit to leave it to the kernel.
+          - A fixed address lets a gateway move between hosts without its neighbours
+            having to learn a new MAC.
+        type: str
       master:
         description:
           - The bridge this link is a port of, in the same namespace.
@@ -107,6 +113,9 @@ options:
           mtu:
             description: MTU of the peer; defaults to O(config[].mtu).
             type: int
+          mac:
+            description: Ethernet address of the peer; omit to leave it to the kernel.
+            type: str
           state:
             description: Administrative state of the peer (new peers are brought up).
             type: str
@@ -162,45 +171,46 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: The L2 segment of network acme/web (VNI 1001) with its DHCP leg
+- name: The L2 segment of network ex-acme/web (VNI 3901) with its DHCP leg
   multicloud.migration.link:
     config:
-      - name: brq-1001
+      - name: brq-3901
         kind: bridge
         mtu: 1450
-        owner: mcm:acme/web
-      - name: vxlan-1001
+        owner: mcm:ex-acme/web
+      - name: vxlan-3901
         kind: vxlan
-        master: brq-1001
+        master: brq-3901
         mtu: 1450
-        owner: mcm:acme/web
-        vxlan: {id: 1001, port: 4789, learning: true, local: "{{ underlay_ip }}"}
-      - name: dhb-1001
+        owner: mcm:ex-acme/web
+        vxlan: {id: 3901, port: 4789, learning: true, local: "{{ underlay_ip }}"}
+      - name: dhb-3901
         kind: veth
-        master: brq-1001
+        master: brq-3901
         mtu: 1450
-        owner: mcm:acme/web
-        peer: {name: dhn-1001, namespace: qdhcp-acme.web}
+        owner: mcm:ex-acme/web
+        peer: {name: dhn-3901, namespace: qdhcp-ex-acme.web}
       - name: lo
         kind: device
-        namespace: qdhcp-acme.web
+        namespace: qdhcp-ex-acme.web
         state: up
 
-- name: Tenant acme has exactly these links, whatever else it had is removed
+# ex_acme_links: link items as in the first task (here the segment without its DHCP leg)
+- name: Tenant ex-acme has exactly these links, whatever else it had is removed
   multicloud.migration.link:
-    config: "{{ acme_links }}"
+    config: "{{ ex_acme_links }}"
     state: overridden
-    scope: "mcm:acme/"
-
-- name: Remove every link of tenant acme
-  multicloud.migration.link:
-    state: deleted
-    scope: "mcm:acme/"
+    scope: "mcm:ex-acme/"
 
 - name: Links of ours
   multicloud.migration.link:
     state: gathered
   register: links
+
+- name: Remove every link of tenant ex-acme
+  multicloud.migration.link:
+    state: deleted
+    scope: "mcm:ex-acme/"
 """
 
 RETURN = r"""
@@ -254,6 +264,7 @@ PEER_SPEC = {
     "name": {"type": "str", "required": True},
     "namespace": {"type": "str"},
     "mtu": {"type": "int"},
+    "mac": {"type": "str"},
     "state": {"type": "str", "choices": ["up", "down"]},
     "owner": {"type": "str"},
 }
@@ -263,6 +274,7 @@ ITEM_SPEC = {
     "kind": {"type": "str", "required": True, "choices": ["bridge", "vxlan", "veth", "device"]},
     "namespace": {"type": "str"},
     "mtu": {"type": "int"},
+    "mac": {"type": "str"},
     "master": {"type": "str"},
     "state": {"type": "str", "choices": ["up", "down"]},
     "owner": {"type": "str"},

@@ -80,32 +80,33 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: DHCP and router namespaces of tenant acme
+- name: DHCP and router namespaces of tenant ex-acme
   multicloud.migration.netns:
     config:
-      - name: qdhcp-acme.web
-      - name: qrouter-acme
+      - name: qdhcp-ex-acme.web
+      - name: qdhcp-ex-acme.db
+      - name: qrouter-ex-acme
         forwarding: true
 
-- name: Exactly these namespaces of acme, remove acme's others
+- name: Exactly these namespaces of ex-acme, remove ex-acme's others
   multicloud.migration.netns:
     config:
-      - name: qdhcp-acme.web
-      - name: qrouter-acme
+      - name: qdhcp-ex-acme.web
+      - name: qrouter-ex-acme
         forwarding: true
     state: overridden
-    scope_namespaces: [qdhcp-acme., qrouter-acme]
-
-- name: Remove every namespace of tenant acme
-  multicloud.migration.netns:
-    state: deleted
-    scope_namespaces: [qdhcp-acme., qrouter-acme]
+    scope_namespaces: [qdhcp-ex-acme., qrouter-ex-acme]
 
 - name: What namespaces are there
   multicloud.migration.netns:
     state: gathered
     all: true
   register: namespaces
+
+- name: Remove every namespace of tenant ex-acme
+  multicloud.migration.netns:
+    state: deleted
+    scope_namespaces: [qdhcp-ex-acme., qrouter-ex-acme]
 """
 
 RETURN = r"""

@@ -89,21 +89,26 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: The DHCP namespace of acme/web reaches other subnets through the tenant router
+- name: The DHCP namespace of ex-acme/web reaches other subnets through the tenant router
   multicloud.migration.route:
     config:
-      - namespace: qdhcp-acme.web
+      - namespace: qdhcp-ex-acme.web
         routes:
           - dst: default
             gateway: 10.10.1.1
 
-- name: Only these routes in acme's router namespace
+- name: Only these routes in ex-acme's router namespace
   multicloud.migration.route:
     config:
-      - namespace: qrouter-acme
+      - namespace: qrouter-ex-acme
         routes:
           - {dst: 10.20.0.0/16, gateway: 10.10.1.254, metric: 100}
     state: replaced
+
+- name: Remove every route of ours in the namespaces of tenant ex-acme
+  multicloud.migration.route:
+    state: deleted
+    scope_namespaces: [qdhcp-ex-acme., qrouter-ex-acme]
 """
 
 RETURN = r"""

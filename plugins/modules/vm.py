@@ -196,45 +196,52 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: VM web1 of tenant acme on network web (bridge brq-1001), lab guest by direct kernel boot
+- name: VM web1 of tenant ex-acme on network web (bridge brq-3901), lab guest by direct kernel boot
   multicloud.migration.vm:
     config:
-      - name: acme-web1
+      - name: ex-acme-web1
         memory_mib: 128
         vcpus: 1
-        bridge: brq-1001
+        bridge: brq-3901
         disk_mib: 64
         image: /var/lib/mcm/images/disk.qcow2
         boot:
           kernel: /var/lib/mcm/images/vmlinuz
           initrd: /var/lib/mcm/images/initrd.img
           cmdline: console=ttyS0 panic=-1 mcm.hostname=web1
-        console_log: /var/lib/mcm/console/acme-web1.log
-        metadata: {tenant: acme, network: web, vm: web1}
+        console_log: /var/lib/mcm/console/ex-acme-web1.log
+        metadata: {tenant: ex-acme, network: web, vm: web1}
 
-# acme_web1 holds the VM dict of the first example: a VM is always passed whole.
+# ex_acme_web1 holds the VM dict of the first task: a VM is always passed whole.
 - name: More memory (applied to the definition; restart_needed lists running VMs)
   multicloud.migration.vm:
     config:
-      - "{{ acme_web1 | combine({'memory_mib': 256}) }}"
+      - "{{ ex_acme_web1 | combine({'memory_mib': 256}) }}"
   register: grown
 
-- name: Tenant acme has exactly these VMs on this host
+# ex_acme_vms: the VM dicts of every VM of tenant ex-acme meant to be on this host
+- name: Tenant ex-acme has exactly these VMs on this host
   multicloud.migration.vm:
     state: overridden
-    scope: [acme]
-    config: "{{ acme_vms }}"
+    scope: [ex-acme]
+    config: "{{ ex_acme_vms }}"
 
-- name: Stop a VM (ACPI, 30 s, then hard stop)
+- name: Stop a VM (ACPI shutdown, a hard stop after 10 s)
   multicloud.migration.vm:
     config:
-      - "{{ acme_web1 | combine({'state': 'shutoff', 'shutdown_timeout': 30}) }}"
+      - "{{ ex_acme_web1 | combine({'state': 'shutoff', 'shutdown_timeout': 10}) }}"
+
+- name: The VMs of tenant ex-acme, as vm_info returns them
+  multicloud.migration.vm:
+    state: gathered
+    scope: [ex-acme]
+  register: ex_acme_vms_now
 
 - name: Remove a VM and its volume (no change when it is already gone)
   multicloud.migration.vm:
     state: deleted
     config:
-      - name: acme-web1
+      - name: ex-acme-web1
 """
 
 RETURN = r"""

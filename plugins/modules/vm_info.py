@@ -47,19 +47,19 @@ EXAMPLES = r"""
   multicloud.migration.vm_info:
   register: vms
 
-- name: The VMs of tenant acme with their addresses
+- name: The VMs of tenant ex-acme with their addresses
   multicloud.migration.vm_info:
-    scope: [acme]
-  register: acme
+    scope: [ex-acme]
+  register: ex_acme
 
 - name: Print name and address
   ansible.builtin.debug:
-    msg: "{{ acme.vms | map(attribute='name') | zip(acme.vms | map(attribute='ip')) }}"
+    msg: "{{ ex_acme.vms | map(attribute='name') | zip(ex_acme.vms | map(attribute='ip')) }}"
 
 - name: One VM, leases from a given file
   multicloud.migration.vm_info:
-    name: [acme-web1]
-    lease_files: [/var/lib/mcm/dhcp/qdhcp-acme.web/leases]
+    name: [ex-acme-web1]
+    lease_files: [/var/lib/mcm/dhcp/qdhcp-ex-acme.web/leases]
 """
 
 RETURN = r"""

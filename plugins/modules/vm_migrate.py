@@ -36,6 +36,13 @@ description:
     cold the module restarts it), and removes what it created on the destination (the
     volumes and the domain). A domain that already has an active job (another migration) is
     refused.
+  - Encrypted by default (O(encryption=tls)) - the libvirt connection to the destination
+    is C(qemu+tls://) (it also carries a V(cold) copy) and the live migration stream, disks
+    included, uses qemu's native TLS (C(VIR_MIGRATE_TLS)), both with the CA and host
+    certificates that C(playbooks/setup_migration_tls.yml) (role
+    M(multicloud.migration.migration_tls)) makes and distributes. Before anything moves the
+    module checks that the source has its certificates and that the destination's TLS port
+    (16514) answers, and names the playbook to run when not.
   - Idempotent - when the domain is no longer on the source but on the destination, or runs
     on the destination while the source copy is shut off (after V(cold)), nothing is done.
 author: multicloud.migration contributors (@multicloud)
@@ -60,11 +67,24 @@ options:
     type: str
   destination_uri:
     description:
-      - libvirt URI of the destination. Defaults to C(qemu+tcp://<destination_address>/system).
-      - C(qemu+tcp) is unauthenticated and unencrypted - a lab setting. Production should use
-        C(qemu+tls://) or C(qemu+ssh://); encrypting the migration stream itself
-        (C(VIR_MIGRATE_TLS)) is future work.
+      - libvirt URI of the destination. Defaults to C(qemu+tls://<destination_address>/system)
+        with O(encryption=tls), C(qemu+tcp://<destination_address>/system) with
+        O(encryption=none).
+      - With O(encryption=tls) it must be an encrypted transport (C(qemu+tls://) or
+        C(qemu+ssh://)).
     type: str
+  encryption:
+    description:
+      - V(tls) - the libvirt connection is C(qemu+tls://) and the live migration stream
+        (memory and, for V(live-block), the disks over NBD) is encrypted by qemu
+        (C(VIR_MIGRATE_TLS)); a V(cold) copy streams through the TLS connection. Both ends
+        authenticate with certificates of the collection's CA (mutual TLS). Needs
+        C(playbooks/setup_migration_tls.yml) run on the clouds first.
+      - V(none) - C(qemu+tcp://) and a plaintext stream, as in a trusted lab; the module
+        warns that memory and disk contents cross the network unencrypted.
+    type: str
+    choices: [tls, none]
+    default: tls
   mode:
     description: How to migrate; see the description. V(live) and V(live-block) need a running domain.
     type: str
@@ -130,36 +150,47 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Move acme-web1 from mcm-a1 to mcm-b1, mode chosen by the module
+- name: What a migration of ex-acme-web1 to mcm-b1 would do (mode, bytes, estimated time)
   multicloud.migration.vm_migrate:
-    name: acme-web1
+    name: ex-acme-web1
     destination: mcm-b1
     destination_address: 172.30.0.21
   delegate_to: mcm-a1
-  register: moved
-
-- name: Live migration of a VM on shared storage, at most 50 ms of downtime
-  multicloud.migration.vm_migrate:
-    name: acme-db1
-    destination: mcm-b1
-    mode: live
-    max_downtime_ms: 50
-    bandwidth_mib: 200
-
-- name: Cold migration over ssh, with the checksum of every disk
-  multicloud.migration.vm_migrate:
-    name: acme-web1
-    destination: mcm-a1
-    destination_uri: qemu+ssh://root@mcm-a1/system
-    mode: cold
-    shutdown_timeout: 30
-
-- name: What a migration would do (mode, bytes, estimated time)
-  multicloud.migration.vm_migrate:
-    name: acme-web1
-    destination: mcm-b1
   check_mode: true
   register: plan
+
+# live when every disk is under shared_paths (/var/lib/mcm/shared, the same storage on
+# both hosts), else live-block (the local disk is mirrored while the memory is copied)
+- name: Move ex-acme-web1 from mcm-a1 to mcm-b1, mode chosen by the module
+  multicloud.migration.vm_migrate:
+    name: ex-acme-web1
+    destination: mcm-b1
+    destination_address: 172.30.0.21
+    max_downtime_ms: 50
+    bandwidth_mib: 200
+  delegate_to: mcm-a1
+  register: moved
+
+# live-block leaves the source's disk file behind (moved.source_disks_left); deleting it
+# confirms the move, and frees its path for a migration back
+- name: Confirm the move - delete the disk left on mcm-a1
+  multicloud.migration.vm_volume:
+    state: deleted
+    config:
+      - name: ex-acme-web1.qcow2
+  delegate_to: mcm-a1
+
+- name: Cold migration back to mcm-a1, with the checksum of every disk
+  multicloud.migration.vm_migrate:
+    name: ex-acme-web1
+    destination: mcm-a1
+    destination_address: 172.30.0.11
+    # encrypted by default (encryption: tls, over qemu+tls); over ssh instead:
+    # destination_uri: qemu+ssh://root@mcm-a1/system
+    mode: cold
+    shutdown_timeout: 10
+  delegate_to: mcm-b1
+  register: moved_back
 """
 
 RETURN = r"""
@@ -178,7 +209,8 @@ plan:
     - What the migration does - C(mode), C(source), C(destination), C(destination_uri),
       C(migrate_uri), C(disks) (path, target, format, capacity, allocation, shared),
       C(copied_disks), C(disk_bytes), C(memory_bytes), C(bytes_to_copy), C(bandwidth_mib),
-      C(bandwidth_assumed), C(estimated_seconds) and for live modes C(flags) and C(max_downtime_ms).
+      C(bandwidth_assumed), C(estimated_seconds), C(encryption) and for live modes C(flags)
+      and C(max_downtime_ms).
   returned: when something was (or would be) migrated
   type: dict
 stats:
@@ -248,6 +280,11 @@ destination_uri:
   description: libvirt URI of the destination used.
   returned: always
   type: str
+encryption:
+  description: V(tls) when the libvirt connection and the migration stream were (or would be) encrypted, V(none) when not.
+  returned: always
+  type: str
+  sample: tls
 diff:
   description: Where the domain runs, before and after, in diff mode.
   returned: when diff mode is on and something changed
@@ -257,10 +294,12 @@ diff:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.multicloud.migration.plugins.module_utils.libvirt_migrate import (
+    DEFAULT_ENCRYPTION,
     DEFAULT_MAX_DOWNTIME_MS,
     DEFAULT_SHARED_PATHS,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TIMEOUT,
+    ENCRYPTION_CHOICES,
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     MODE_CHOICES,
@@ -276,6 +315,11 @@ def main() -> None:
             "destination": {"type": "str", "required": True},
             "destination_address": {"type": "str"},
             "destination_uri": {"type": "str"},
+            "encryption": {
+                "type": "str",
+                "choices": list(ENCRYPTION_CHOICES),
+                "default": DEFAULT_ENCRYPTION,
+            },
             "mode": {"type": "str", "choices": list(MODE_CHOICES), "default": "auto"},
             "shared_paths": {
                 "type": "list",

@@ -77,13 +77,13 @@ EXAMPLES = r"""
 - name: Disks of two VMs, overlays of the lab guest image
   multicloud.migration.vm_volume:
     config:
-      - {name: acme-web1.qcow2, capacity_mib: 64, image: /var/lib/mcm/images/disk.qcow2}
-      - {name: acme-web2.qcow2, capacity_mib: 64, image: /var/lib/mcm/images/disk.qcow2}
+      - {name: ex-acme-web1.qcow2, capacity_mib: 64, image: /var/lib/mcm/images/disk.qcow2}
+      - {name: ex-acme-web2.qcow2, capacity_mib: 64, image: /var/lib/mcm/images/disk.qcow2}
 
 - name: Grow a disk
   multicloud.migration.vm_volume:
     config:
-      - {name: acme-web1.qcow2, capacity_mib: 2048}
+      - {name: ex-acme-web1.qcow2, capacity_mib: 256}
 
 - name: Every volume of every active pool
   multicloud.migration.vm_volume:
@@ -94,7 +94,7 @@ EXAMPLES = r"""
   multicloud.migration.vm_volume:
     state: deleted
     config:
-      - name: acme-web2.qcow2
+      - name: ex-acme-web2.qcow2
 """
 
 RETURN = r"""

@@ -13,12 +13,23 @@ deletes every mgtest-* volume and file on both hosts, also after a failure.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+import uuid
 
 import pytest
 import yaml
 
-from conftest import ROOT, ansible_json, run
+from conftest import (
+    IMAGES,
+    ROOT,
+    call,
+    cleanup_script,
+    console,
+    host_python,
+    lab_guest,
+    libvirt_probe,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -26,62 +37,17 @@ SRC, DST = "mcm-a1", "mcm-b1"
 ADDRESS = {"mcm-a1": "172.30.0.11", "mcm-b1": "172.30.0.21"}
 UNUSED_ADDRESS = "172.30.0.99"
 BRIDGE = "mgtest-br"
-IMAGES = "/var/lib/mcm/images"
 CONSOLE_DIR = "/var/lib/mcm/console"
 SHARED = "/var/lib/mcm/shared"
 LOCAL_VM, SHARED_VM = "mgtest-v1", "mgtest-v2"
 SHARED_DISK = f"{SHARED}/{SHARED_VM}.qcow2"
+TLS_PLAYBOOK = ROOT / "playbooks" / "setup_migration_tls.yml"
 
-PROBE = r"""
-import json, libvirt
-conn = libvirt.open("qemu:///system")
-out = {"domains": {}, "volumes": []}
-for dom in conn.listAllDomains(0):
-    if dom.name().startswith("mgtest-"):
-        out["domains"][dom.name()] = {
-            "state": dom.state()[0], "active": bool(dom.isActive()),
-            "persistent": bool(dom.isPersistent()), "uuid": dom.UUIDString(),
-            "xml": dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
-        }
-for pool in conn.listAllStoragePools(0):
-    if pool.isActive():
-        pool.refresh(0)
-        out["volumes"] += [v.path() for v in pool.listAllVolumes(0)
-                           if v.name().startswith("mgtest-")]
-print(json.dumps(out))
-"""
-
-CLEANUP = r"""
-import libvirt
-conn = libvirt.open("qemu:///system")
-for dom in conn.listAllDomains(0):
-    if dom.name().startswith("mgtest-"):
-        try:
-            dom.abortJob()
-        except libvirt.libvirtError:
-            pass
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-for pool in conn.listAllStoragePools(0):
-    if pool.isActive():
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith("mgtest-"):
-                vol.delete(0)
-"""
-
-
-def host_python(host, script: str) -> str:
-    result = host.run("python3 -c %s", script)
-    assert result.rc == 0, result.stderr
-    return result.stdout
+CLEANUP = cleanup_script("mgtest-")
 
 
 def probe(host) -> dict:
-    return json.loads(host_python(host, PROBE))
+    return libvirt_probe(host, "mgtest-")
 
 
 def cleanup(host) -> None:
@@ -90,38 +56,7 @@ def cleanup(host) -> None:
 
 
 def guest(name: str, **overrides) -> dict:
-    vm = {
-        "name": name,
-        "memory_mib": 128,
-        "bridge": BRIDGE,
-        "disk_mib": 64,
-        "image": f"{IMAGES}/disk.qcow2",
-        "boot": {
-            "kernel": f"{IMAGES}/vmlinuz",
-            "initrd": f"{IMAGES}/initrd.img",
-            "cmdline": "console=ttyS0 panic=-1",
-        },
-        "console_log": f"{CONSOLE_DIR}/{name}.log",
-        "metadata": {"tenant": "mgtest", "network": "net", "vm": name},
-        "shutdown_timeout": 5,
-    }
-    vm.update(overrides)
-    return vm
-
-
-def call(tmp_path, host: str, module: str, args: dict, *flags: str,
-         expect_failure: bool = False) -> dict:  # fmt: skip
-    play = [{"hosts": host, "gather_facts": False,
-             "tasks": [{"name": module, f"multicloud.migration.{module}": args}]}]  # fmt: skip
-    path = tmp_path / f"{module}-{time.monotonic_ns()}.yml"
-    path.write_text(yaml.safe_dump(play, sort_keys=False))
-    proc, data = ansible_json(["ansible-playbook", str(path), *flags])
-    result = data["plays"][0]["tasks"][0]["hosts"][host]
-    if expect_failure:
-        assert result.get("failed"), result
-    else:
-        assert proc.returncode == 0 and not result.get("failed"), result.get("msg", result)
-    return result
+    return lab_guest(name, "mgtest", BRIDGE, CONSOLE_DIR, **overrides)
 
 
 def migrate(tmp_path, name: str, src: str, dst: str, *flags: str, expect_failure=False,
@@ -130,13 +65,10 @@ def migrate(tmp_path, name: str, src: str, dst: str, *flags: str, expect_failure
     return call(tmp_path, src, "vm_migrate", params, *flags, expect_failure=expect_failure)
 
 
-def console(host: str, name: str, *cmds: str, timeout: float = 180) -> list[dict]:
-    """Commands on the guest's serial console (lab/guest_console.py run on the host)."""
-    script = (ROOT / "lab" / "guest_console.py").read_text()
-    proc = run(["podman", "exec", "-i", host, "python3", "-", f"{CONSOLE_DIR}/{name}.console",
-                *cmds], timeout=timeout, input_text=script)  # fmt: skip
-    assert proc.returncode == 0, f"console of {name} on {host}: {proc.stderr[-2000:]}"
-    return json.loads(proc.stdout)
+def tls_setup(*flags: str) -> subprocess.CompletedProcess:
+    from conftest import BIN, run
+
+    return run([str(BIN / "ansible-playbook"), str(TLS_PLAYBOOK), *flags], timeout=600)
 
 
 def mac_of(xml: str) -> str:
@@ -152,6 +84,10 @@ MEASURED: dict[str, dict] = {}
 
 @pytest.fixture(scope="module")
 def nodes(hosts):
+    # Migrations are encrypted by default: the lab's CA, certificates and libvirt TLS first
+    # (idempotent: on a lab that has them, nothing changes and libvirtd is not restarted).
+    tls = tls_setup()
+    assert tls.returncode == 0, tls.stdout[-3000:] + tls.stderr[-2000:]
     pair = {SRC: hosts[SRC], DST: hosts[DST]}
     for node in pair.values():
         cleanup(node)
@@ -191,6 +127,10 @@ def test_check_mode_plans_and_changes_nothing(nodes, local_vm, tmp_path):
     assert plan["estimated_seconds"] > 0 and plan["bandwidth_assumed"]
     assert "VIR_MIGRATE_NON_SHARED_DISK" in plan["flags"]
     assert "VIR_MIGRATE_UNSAFE" not in plan["flags"] and not result["unsafe"]
+    # encrypted by default: libvirt over TLS, qemu's stream with VIR_MIGRATE_TLS
+    assert result["encryption"] == "tls" and plan["encryption"] == "tls"
+    assert result["destination_uri"] == f"qemu+tls://{ADDRESS[DST]}/system"
+    assert "VIR_MIGRATE_TLS" in plan["flags"]
     assert result["stats"] == {} and result["progress"] == []
     assert {h: probe(n) for h, n in nodes.items()} == before
 
@@ -209,7 +149,7 @@ def test_failed_stream_removes_the_precreated_volume(nodes, local_vm, tmp_path):
     # libvirtd of the destination answers, the migration stream goes nowhere
     result = call(tmp_path, SRC, "vm_migrate",
                   {"name": local_vm, "destination": DST, "destination_address": UNUSED_ADDRESS,
-                   "destination_uri": f"qemu+tcp://{ADDRESS[DST]}/system", "timeout": 60},
+                   "destination_uri": f"qemu+tls://{ADDRESS[DST]}/system", "timeout": 60},
                   expect_failure=True)  # fmt: skip
     assert result["phase"] == "migrate", result
     assert result["source_state"] == "running" and not result["after_cutover"]
@@ -318,9 +258,100 @@ def test_live_with_shared_disk(nodes, tmp_path):
     assert probe(nodes[DST])["domains"][SHARED_VM]["state"] == RUNNING
     [out] = console(DST, SHARED_VM, DROP_CACHES_CAT)
     assert out["out"] == f"{SHARED_VM}-marker"
+    assert result["encryption"] == "tls" and "VIR_MIGRATE_TLS" in result["flags"]
+
+
+CAPTURE = "/tmp/mgtest-wan.pcap"
+CAPTURE_PID = "/tmp/mgtest-tcpdump.pid"
+
+
+def captured_migration(tmp_path, name: str, src: str, dst: str, marker: str, **args) -> tuple:
+    """Migrate while tcpdump on the destination records what the source sends it over the
+    WAN; (result, marker occurrences in the capture, capture bytes)."""
+    from conftest import lab_env
+
+    tcpdump = (f"echo $$ > {CAPTURE_PID}; exec timeout 120 tcpdump -i eth1 -s 0 -B 16384 -U "
+               f"-c 400000 -w {CAPTURE} 'tcp and src host {ADDRESS[src]}'")  # fmt: skip
+    capture = subprocess.Popen(
+        ["podman", "exec", dst, "sh", "-c", tcpdump],
+        env=lab_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _attempt in range(20):  # bounded: tcpdump says "listening on" at once
+            line = capture.stderr.readline()
+            if not line or "listening on" in line:
+                break
+        assert capture.poll() is None, f"tcpdump on {dst} did not start: {line}"
+        result = migrate(tmp_path, name, src, dst, **args)
+    finally:
+        run_on = ["podman", "exec", dst, "sh", "-c", f"kill -INT $(cat {CAPTURE_PID})"]
+        subprocess.run(run_on, env=lab_env(), capture_output=True, check=False, timeout=30)
+        capture.wait(timeout=60)
+    count = (f"sync; echo $(grep -a -o -F {marker} {CAPTURE} | wc -l) "
+             f"$(stat -c %s {CAPTURE}); rm -f {CAPTURE} {CAPTURE_PID}")  # fmt: skip
+    seen = subprocess.run(["podman", "exec", dst, "sh", "-c", count], env=lab_env(),
+                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    hits, size = (int(v) for v in seen.stdout.split())
+    return result, hits, size
+
+
+def test_migration_stream_is_encrypted_by_default(nodes, tmp_path):
+    """4 MB of a marker string in the guest's memory (tmpfs): a capture of the WAN traffic
+    of a default (TLS) migration never shows it, one of encryption=none shows it."""
+    marker = f"mgtest-plaintext-{uuid.uuid4().hex}"
+    [out] = console(DST, SHARED_VM, f"yes {marker} | head -c 4000000 > /dev/shm/marker; "
+                                    "wc -c < /dev/shm/marker")  # fmt: skip
+    assert out["rc"] == 0 and out["out"].strip() == "4000000", out
+    # the VM is on mcm-b1 after test_live_with_shared_disk: back to mcm-a1 encrypted
+    tls, tls_hits, tls_bytes = captured_migration(tmp_path, SHARED_VM, DST, SRC, marker)
+    assert tls["changed"] and tls["encryption"] == "tls"
+    assert "VIR_MIGRATE_TLS" in tls["flags"]
+    assert tls_bytes > 4_000_000, "the capture missed the migration stream"
+    assert tls_hits == 0, f"marker seen {tls_hits} times in a TLS migration's traffic"
+    plain, plain_hits, plain_bytes = captured_migration(
+        tmp_path, SHARED_VM, SRC, DST, marker, encryption="none"
+    )
+    assert plain["encryption"] == "none" and "VIR_MIGRATE_TLS" not in plain["flags"]
+    assert plain["destination_uri"] == f"qemu+tcp://{ADDRESS[DST]}/system"
+    assert any("plaintext" in w for w in plain.get("warnings", [])), plain.get("warnings")
+    assert plain_hits > 1000, (plain_hits, plain_bytes)
+    MEASURED["capture"] = {"tls": {"marker_hits": tls_hits, "bytes": tls_bytes},
+                           "none": {"marker_hits": plain_hits, "bytes": plain_bytes}}  # fmt: skip
     # one guest less before the cold migration (TCG is slow)
     host_python(nodes[DST], CLEANUP.replace('startswith("mgtest-")',
                                             f'startswith("{SHARED_VM}")'))  # fmt: skip
+
+
+def test_missing_certificate_fails_in_preflight(nodes, local_vm, tmp_path):
+    """Without its qemu client key the source refuses before anything moves, and says
+    which playbook makes the certificates; the VM stays where it is."""
+    [where] = [h for h, n in nodes.items() if local_vm in probe(n)["domains"]
+               and probe(n)["domains"][local_vm]["state"] == RUNNING]  # fmt: skip
+    other = DST if where == SRC else SRC
+    before = {h: probe(n) for h, n in nodes.items()}
+    key = "/etc/pki/qemu/client-key.pem"
+    assert nodes[where].run("mv %s %s.mgtest", key, key).rc == 0
+    try:
+        result = migrate(tmp_path, local_vm, where, other, expect_failure=True)
+    finally:
+        assert nodes[where].run("mv %s.mgtest %s", key, key).rc == 0
+    assert result["phase"] == "preflight" and result["missing_files"] == [key]
+    assert "playbooks/setup_migration_tls.yml" in result["msg"] and key in result["msg"]
+    assert result["source_state"] == "running" and result["encryption"] == "tls"
+    assert {h: probe(n) for h, n in nodes.items()} == before
+
+
+def test_tls_setup_is_idempotent(nodes):
+    """The fixture ran playbooks/setup_migration_tls.yml: a second run changes nothing
+    (no file rewritten, no libvirtd restart) on any cloud host."""
+    from conftest import ansible_json
+
+    proc, data = ansible_json(["ansible-playbook", str(TLS_PLAYBOOK)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = data["stats"]
+    assert {"mcm-a1", "mcm-a2", "mcm-b1"} <= set(stats)
+    assert {h: s["changed"] for h, s in stats.items()} == dict.fromkeys(stats, 0)
+    assert not any(s["failures"] or s["unreachable"] for s in stats.values()), stats
 
 
 def test_cold_back_with_checksums(nodes, local_vm, tmp_path):

@@ -15,102 +15,34 @@ import json
 import time
 
 import pytest
-import yaml
 
-from conftest import ansible_json
+from conftest import IMAGES, lab_bridge, lab_guest, libvirt_cleanup, libvirt_probe
+from conftest import call as lab_call
 
 pytestmark = pytest.mark.lab
 
 HOST = "mcm-a2"
 BRIDGE = "vmtest-br"
-IMAGES = "/var/lib/mcm/images"
 CONSOLE_DIR = "/var/lib/mcm/vmtest-console"
 NAME = "vmtest-t1"
 READY = "MCM-GUEST ready"
 BOOT_TIMEOUT = 120
 
-# Runs on the host: what libvirt knows about the vmtest-* objects, and their removal.
-PROBE = r"""
-import json, sys, libvirt
-conn = libvirt.open("qemu:///system")
-out = {"domains": {}, "volumes": []}
-for dom in conn.listAllDomains(0):
-    if dom.name().startswith("vmtest-"):
-        out["domains"][dom.name()] = {
-            "active": bool(dom.isActive()),
-            "inactive_xml": dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
-        }
-for pool in conn.listAllStoragePools(0):
-    if pool.isActive():
-        pool.refresh(0)
-        out["volumes"] += [v.name() for v in pool.listAllVolumes(0)
-                           if v.name().startswith("vmtest-")]
-print(json.dumps(out))
-"""
-
-CLEANUP = r"""
-import libvirt
-conn = libvirt.open("qemu:///system")
-for dom in conn.listAllDomains(0):
-    if dom.name().startswith("vmtest-"):
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-for pool in conn.listAllStoragePools(0):
-    if pool.isActive():
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith("vmtest-"):
-                vol.delete(0)
-"""
-
-
-def host_python(host, script: str) -> str:
-    result = host.run("python3 -c %s", script)
-    assert result.rc == 0, result.stderr
-    return result.stdout
+POOL = "/var/lib/mcm/vms"  # the mcm pool: volumes are reported by path
+PREFIX = "vmtest-"
 
 
 def probe(host) -> dict:
-    return json.loads(host_python(host, PROBE))
+    return libvirt_probe(host, PREFIX)
 
 
 def guest(name: str = NAME, **overrides) -> dict:
-    vm = {
-        "name": name,
-        "memory_mib": 128,
-        "vcpus": 1,
-        "bridge": BRIDGE,
-        "disk_mib": 64,
-        "image": f"{IMAGES}/disk.qcow2",
-        "boot": {
-            "kernel": f"{IMAGES}/vmlinuz",
-            "initrd": f"{IMAGES}/initrd.img",
-            "cmdline": f"console=ttyS0 panic=-1 mcm.hostname={name}",
-        },
-        "console_log": f"{CONSOLE_DIR}/{name}.log",
-        "metadata": {"tenant": "vmtest", "network": "net", "vm": name.removeprefix("vmtest-")},
-        "shutdown_timeout": 5,
-    }
-    vm.update(overrides)
-    return vm
+    return lab_guest(name, "vmtest", BRIDGE, CONSOLE_DIR, **overrides)
 
 
 def call(tmp_path, module: str, args: dict, *flags: str, expect_failure: bool = False) -> dict:
     """One task of multicloud.migration.<module> on HOST; its result."""
-    play = [{"hosts": HOST, "gather_facts": False,
-             "tasks": [{"name": module, f"multicloud.migration.{module}": args}]}]  # fmt: skip
-    path = tmp_path / f"{module}-{time.monotonic_ns()}.yml"
-    path.write_text(yaml.safe_dump(play, sort_keys=False))
-    proc, data = ansible_json(["ansible-playbook", str(path), *flags])
-    result = data["plays"][0]["tasks"][0]["hosts"][HOST]
-    if expect_failure:
-        assert result.get("failed"), result
-    else:
-        assert proc.returncode == 0 and not result.get("failed"), result.get("msg", result)
-    return result
+    return lab_call(tmp_path, HOST, module, args, *flags, expect_failure=expect_failure)
 
 
 def memory_kib(xml: str) -> int:
@@ -146,13 +78,11 @@ def wait_ready(host, seen: int, timeout: float = BOOT_TIMEOUT) -> float:
 @pytest.fixture(scope="module")
 def host(hosts):
     node = hosts[HOST]
-    host_python(node, CLEANUP)
-    node.run("ip link del %s", BRIDGE)
-    assert node.run("ip link add %s type bridge", BRIDGE).rc == 0
-    assert node.run("ip link set %s mtu 1450 up", BRIDGE).rc == 0
+    libvirt_cleanup(node, PREFIX)
+    lab_bridge(node, BRIDGE)
     node.run("rm -rf %s", CONSOLE_DIR)
     yield node
-    host_python(node, CLEANUP)
+    libvirt_cleanup(node, PREFIX)
     node.run("ip link del %s", BRIDGE)
     node.run("rm -rf %s", CONSOLE_DIR)
     left = probe(node)
@@ -174,7 +104,7 @@ def test_create_running(host, tmp_path):
     TIMINGS.update({f"{k}_s": v for k, v in result["timings"][NAME].items()})
     state = probe(host)
     assert state["domains"][NAME]["active"]
-    assert f"{NAME}.qcow2" in state["volumes"]
+    assert f"{POOL}/{NAME}.qcow2" in state["volumes"]
     after = result["after"][0]
     assert after["domain_type"] == "qemu" and after["state"] == "running"
     assert after["metadata"] == {"tenant": "vmtest", "network": "net", "vm": "t1"}
@@ -182,24 +112,24 @@ def test_create_running(host, tmp_path):
 
 
 def test_second_run_changes_nothing_and_keeps_the_mac(host, tmp_path):
-    before = probe(host)["domains"][NAME]["inactive_xml"]
+    before = probe(host)["domains"][NAME]["xml"]
     result = call(tmp_path, "vm", {"config": [guest()]})
     assert not result["changed"], result["changes"]
     assert result["changes"] == [] and result["restart_needed"] == {}
     assert result["before"] == result["after"]
     assert result["after"][0]["mac"] == result["before"][0]["mac"]
-    assert probe(host)["domains"][NAME]["inactive_xml"] == before
+    assert probe(host)["domains"][NAME]["xml"] == before
 
 
 def test_memory_change_in_check_mode_changes_nothing(host, tmp_path):
-    before = probe(host)["domains"][NAME]["inactive_xml"]
+    before = probe(host)["domains"][NAME]["xml"]
     result = call(tmp_path, "vm", {"config": [guest(memory_mib=160)]}, "--check", "--diff")
     assert result["changed"]
     [change] = result["changes"]
     assert change["action"] == "update"
     assert change["details"] == {"memory_mib": {"from": 128, "to": 160}}
     assert result["after"][0]["memory_mib"] == 160
-    assert probe(host)["domains"][NAME]["inactive_xml"] == before
+    assert probe(host)["domains"][NAME]["xml"] == before
 
 
 def test_memory_change_applied_with_diff(host, tmp_path):
@@ -211,8 +141,8 @@ def test_memory_change_applied_with_diff(host, tmp_path):
     # no balloon: the running guest keeps 128 MiB until restarted, and says so
     assert result["restart_needed"] == {NAME: ["memory_mib"]}
     state = probe(host)["domains"][NAME]
-    assert memory_kib(state["inactive_xml"]) == 160 * 1024
-    assert naming_mac() in state["inactive_xml"]
+    assert memory_kib(state["xml"]) == 160 * 1024
+    assert naming_mac() in state["xml"]
     again = call(tmp_path, "vm", {"config": [guest(memory_mib=160)]})
     assert not again["changed"]
 
@@ -286,7 +216,7 @@ def test_refused_creation_leaves_nothing(host, tmp_path, overrides, cause):
     assert re.search(cause, result["msg"]), result["msg"]
     state = probe(host)
     assert name not in state["domains"]
-    assert f"{name}.qcow2" not in state["volumes"]
+    assert f"{POOL}/{name}.qcow2" not in state["volumes"]
 
 
 def test_absent_removes_domain_and_volume_then_is_no_change(host, tmp_path):
@@ -296,7 +226,7 @@ def test_absent_removes_domain_and_volume_then_is_no_change(host, tmp_path):
     assert actions == [("domain", "destroy"), ("domain", "undefine"), ("volume", "delete")]
     assert result["after"] == []
     state = probe(host)
-    assert NAME not in state["domains"] and f"{NAME}.qcow2" not in state["volumes"]
+    assert NAME not in state["domains"] and f"{POOL}/{NAME}.qcow2" not in state["volumes"]
     again = call(tmp_path, "vm", {"config": [{"name": NAME, "state": "absent"}]})
     assert not again["changed"] and again["changes"] == []
     deleted = call(tmp_path, "vm", {"state": "deleted", "config": [{"name": NAME}]})
@@ -318,18 +248,18 @@ def test_overridden_removes_only_unlisted_vms_of_the_scope(host, tmp_path):
     assert {"vmtest-o1", "vmtest-o3"} <= set(state["domains"]) and "vmtest-o2" not in state[
         "domains"
     ]
-    assert "vmtest-o2.qcow2" not in state["volumes"]
+    assert f"{POOL}/vmtest-o2.qcow2" not in state["volumes"]
     again = call(tmp_path, "vm", {"state": "overridden", "scope": ["vmtest2"], "config": vms[:1]})
     assert not again["changed"]
     # a bridge/MTU change redefines the persistent config: same UUID, same MAC
-    uuid = uuid_of(probe(host)["domains"]["vmtest-o1"]["inactive_xml"])
+    uuid = uuid_of(probe(host)["domains"]["vmtest-o1"]["xml"])
     moved = dict(vms[0], bridge="vmtest-br2", mtu=1400)
     result = call(tmp_path, "vm", {"config": [moved]}, "--diff")
     [change] = result["changes"]
     assert change["action"] == "redefine"
     assert change["details"] == {"bridge": {"from": BRIDGE, "to": "vmtest-br2"},
                                  "mtu": {"from": 1450, "to": 1400}}  # fmt: skip
-    xml = probe(host)["domains"]["vmtest-o1"]["inactive_xml"]
+    xml = probe(host)["domains"]["vmtest-o1"]["xml"]
     assert uuid_of(xml) == uuid and "vmtest-br2" in xml
     assert result["after"][0]["mac"] == result["before"][0]["mac"]
     assert not call(tmp_path, "vm", {"config": [moved]})["changed"]
@@ -369,7 +299,7 @@ def test_vm_volume_module(host, tmp_path):
     names = [{"name": v["name"]} for v in vols]
     assert call(tmp_path, "vm_volume", {"state": "deleted", "config": names})["changed"]
     assert not call(tmp_path, "vm_volume", {"state": "deleted", "config": names})["changed"]
-    assert not [v for v in probe(host)["volumes"] if v.startswith("vmtest-v")]
+    assert not [v for v in probe(host)["volumes"] if v.startswith(f"{POOL}/vmtest-v")]
 
 
 def test_zz_report_timings():

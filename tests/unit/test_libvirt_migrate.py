@@ -29,6 +29,7 @@ FAKE_LIBVIRT = SimpleNamespace(
     VIR_MIGRATE_UNSAFE=512,
     VIR_MIGRATE_ABORT_ON_ERROR=4096,
     VIR_MIGRATE_AUTO_CONVERGE=8192,
+    VIR_MIGRATE_TLS=65536,
     VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM=1,
     VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM=1,
     VIR_STREAM_RECV_STOP_AT_HOLE=1,
@@ -120,8 +121,93 @@ def test_params_and_uris():
         "bandwidth": 50,
         "migrate_disks": ["vda"],
     }
-    assert lm.default_destination_uri("172.30.0.21") == "qemu+tcp://172.30.0.21/system"
-    assert lm.default_destination_uri("fd00::1") == "qemu+tcp://[fd00::1]/system"
+    assert lm.default_destination_uri("172.30.0.21", "none") == "qemu+tcp://172.30.0.21/system"
+    assert lm.default_destination_uri("fd00::1", "none") == "qemu+tcp://[fd00::1]/system"
+
+
+def test_tls_flag_and_default_uris(fake_libvirt):
+    tls = lm.flag_names("live-block", tls=True)
+    assert tls[-1] == "VIR_MIGRATE_TLS" and "VIR_MIGRATE_TLS" not in lm.flag_names("live")
+    assert lm.migration_flags(lm.flag_names("live", tls=True)) == 1 | 2 | 8 | 16 | 4096 | 65536
+    assert lm.DEFAULT_ENCRYPTION == "tls"
+    assert lm.default_destination_uri("172.30.0.21") == "qemu+tls://172.30.0.21/system"
+    assert lm.default_destination_uri("172.30.0.21", "none") == "qemu+tcp://172.30.0.21/system"
+    assert lm.default_destination_uri("fd00::1", "tls") == "qemu+tls://[fd00::1]/system"
+
+
+@pytest.mark.parametrize(
+    ("uri", "encryption", "ok"),
+    [
+        ("qemu+tls://d/system", "tls", True),
+        ("qemu+ssh://root@d/system", "tls", True),
+        ("qemu+tcp://d/system", "tls", False),
+        ("qemu://d/system", "tls", False),
+        ("qemu:///system", "tls", True),  # local: nothing crosses a network
+        ("qemu+tcp://d/system", "none", True),
+        ("qemu+tls://d/system", "none", True),
+    ],
+)
+def test_uri_must_be_encrypted_with_tls(uri, encryption, ok):
+    if ok:
+        lm.check_uri_encryption(uri, encryption)
+        return
+    with pytest.raises(lm.MigrationError, match="encryption=none") as info:
+        lm.check_uri_encryption(uri, encryption)
+    assert info.value.details["phase"] == "input"
+
+
+def test_unknown_encryption_is_refused():
+    with pytest.raises(lm.MigrationError, match="encryption must be one of tls, none"):
+        lm.check_uri_encryption("qemu+tls://d/system", "rot13")
+
+
+def test_tls_preflight_names_the_missing_files_and_the_playbook(tmp_path):
+    present = tmp_path / "cacert.pem"
+    present.write_text("pem")
+    missing = tmp_path / "clientkey.pem"
+    assert lm.missing_tls_files([str(present), str(missing)]) == [str(missing)]
+    lm.tls_preflight("src", [str(present)])  # nothing missing: no error
+    with pytest.raises(lm.MigrationError) as info:
+        lm.tls_preflight("src", [str(present), str(missing)])
+    message = str(info.value)
+    assert "playbooks/setup_migration_tls.yml" in message and str(missing) in message
+    assert "encryption=none" in message and "source src" in message
+    assert info.value.details == {"phase": "preflight", "missing_files": [str(missing)]}
+    assert set(lm.TLS_CLIENT_FILES) >= {
+        "/etc/pki/CA/cacert.pem",
+        "/etc/pki/libvirt/clientcert.pem",
+        "/etc/pki/qemu/client-key.pem",
+    }
+
+
+def test_probe_of_a_tls_uri_names_the_setup_playbook():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        with pytest.raises(lm.MigrationError, match=r"setup_migration_tls\.yml") as info:
+            lm.probe_tcp(f"qemu+tls://127.0.0.1:{port}/system", timeout=2)
+    assert f"127.0.0.1:{port}" in str(info.value) and "listen_tls" in str(info.value)
+
+
+def test_plan_reports_encryption_and_the_tls_flag(fake_libvirt):
+    class Dom:
+        def isActive(self):
+            return True
+
+        def info(self):
+            return [1, 131072, 131072, 1, 0]
+
+    for encryption, flagged in (("tls", True), ("none", False)):
+        opts = lm.MigrateOptions(migrate_address="172.30.0.21", encryption=encryption)
+        migration = lm.Migration(object(), object(), "qemu+tls://172.30.0.21/system", "vm1",
+                                 opts=opts)  # fmt: skip
+        plan = migration.plan("live", "requested", Dom(), [])
+        assert plan["encryption"] == encryption
+        assert ("VIR_MIGRATE_TLS" in plan["flags"]) is flagged
+        cold = migration.plan("cold", "requested", Dom(), [])
+        assert cold["encryption"] == encryption and "flags" not in cold
 
 
 def test_probe_ignores_local_uris():

@@ -115,7 +115,7 @@ def test_absent_network_leaves_the_plan_but_stays_in_scope():
 def test_placement_overrides_the_spec_cloud_and_peers_use_wan_across_clouds():
     normal = example()
     web = net(normal, "acme", "web")
-    moved = {"acme/web": "cloud_b"}
+    moved = {"networks": {"acme/web": "cloud_b"}}
     b1 = plan.host_plan(normal, hosts(), "mcm-b1", placement=moved)
     assert web["bridge"] in names(b1["links"])
     assert "qdhcp-acme.web" in [n["name"] for n in b1["netns"]]
@@ -243,3 +243,92 @@ def test_absent_vms_are_not_planned():
     data["tenants"][0]["networks"][0]["vms"][1]["state"] = "absent"
     plans = plan.vm_plans(spec.normalize(data, clouds=GROUPS), hosts(), {})
     assert "acme-web2" not in [v for vs in vms_of(plans).values() for v in vs]
+
+
+def _link(p, name, namespace=None):
+    return next(x for x in p["links"] if x["name"] == name and x.get("namespace") == namespace)
+
+
+def _routes(p, namespace):
+    return next((r["routes"] for r in p["routes"] if r["namespace"] == namespace), [])
+
+
+def test_gateway_has_a_fixed_mac_on_the_router_leg():
+    normal = example()
+    web = net(normal, "acme", "web")
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1")
+    leg = _link(a1, web["router_legs"][0])
+    assert leg["peer"]["mac"] == web["gateway_mac"]
+    assert re.fullmatch(r"02:6d:63(:[0-9a-f]{2}){3}", web["gateway_mac"])
+    # every tenant router in one cloud: no transit segment
+    acme = next(t for t in normal["tenants"] if t["name"] == "acme")
+    assert acme["transit"]["bridge"] not in names(a1["links"])
+
+
+def test_a_migrated_vm_stretches_its_network_and_the_routers_get_a_transit():
+    normal = example()
+    web, db = net(normal, "acme", "web"), net(normal, "acme", "db")
+    acme = next(t for t in normal["tenants"] if t["name"] == "acme")
+    moved = {"vms": {"acme/web1": "mcm-b1"}}
+    b1 = plan.host_plan(normal, hosts(), "mcm-b1", placement=moved)
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1", placement=moved)
+    a2 = plan.host_plan(normal, hosts(), "mcm-a2", placement=moved)
+    # the segment reaches mcm-b1 (WAN addresses across clouds), DHCP and gateway stay home
+    assert web["bridge"] in names(b1["links"]) and db["bridge"] not in names(b1["links"])
+    fdb_b1 = next(f for f in b1["fdb"] if f["device"] == web["vxlan"])
+    assert fdb_b1["entries"] == [{"dst": "172.30.0.11"}, {"dst": "172.30.0.12"}]
+    fdb_a2 = next(f for f in a2["fdb"] if f["device"] == web["vxlan"])
+    assert {"dst": "172.30.0.21"} in fdb_a2["entries"]
+    assert "qdhcp-acme.web" not in [n["name"] for n in b1["netns"]]
+    # routers of both clouds on one transit segment; b's reaches both subnets through a's
+    transit = acme["transit"]
+    assert transit["bridge"] in names(b1["links"]) and transit["bridge"] in names(a1["links"])
+    assert transit["bridge"] not in names(a2["links"])  # network nodes only
+    assert _routes(b1, "qrouter-acme") == [
+        {"dst": "10.10.1.0/24", "gateway": "169.254.0.1", "metric": 100},
+        {"dst": "10.10.2.0/24", "gateway": "169.254.0.1", "metric": 100},
+    ]
+    assert _routes(a1, "qrouter-acme") == []
+    addr = {(a["namespace"], a["interface"]): a["addresses"] for a in b1["addresses"]}
+    assert addr[("qrouter-acme", transit["legs"][1])] == ["169.254.0.2/24"]
+    # the VM itself goes where the record says, whatever its network's cloud
+    vms = plan.vm_plans(normal, hosts(), {"mcm-a1": ["acme-web1"]}, placement=moved)
+    assert "acme-web1" in [v["name"] for v in vms["mcm-b1"]["vms"]]
+    assert "acme-web1" not in [v["name"] for v in vms["mcm-a1"]["vms"]]
+
+
+def test_a_vm_placed_on_a_cloud_goes_to_its_least_loaded_host():
+    normal = example()
+    vms = plan.vm_plans(normal, hosts(), {}, placement={"vms": {"acme/db1": "cloud_b"}})
+    assert "acme-db1" in [v["name"] for v in vms["mcm-b1"]["vms"]]
+
+
+def test_subnet_move_make_before_break():
+    """The gateway is held by both routers while it moves, with a transit route under it."""
+    normal = example()
+    web = net(normal, "acme", "web")
+    overlap = {"networks": {"acme/web": "cloud_b"}, "gateways": {"acme/web": ["cloud_a"]},
+               "stretch": {"acme/web": ["mcm-a1", "mcm-a2"]}}  # fmt: skip
+    final = {"networks": {"acme/web": "cloud_b"}}
+    a1 = plan.host_plan(normal, hosts(), "mcm-a1", placement=overlap)
+    b1 = plan.host_plan(normal, hosts(), "mcm-b1", placement=overlap)
+    for p in (a1, b1):
+        assert _link(p, web["router_legs"][0])["peer"]["mac"] == web["gateway_mac"]
+    # a keeps its connected route; the metric-100 one takes over once its leg goes
+    assert {"dst": "10.10.1.0/24", "gateway": "169.254.0.2", "metric": 100} in _routes(
+        a1, "qrouter-acme"
+    )
+    assert "qdhcp-acme.web" in [n["name"] for n in b1["netns"]]
+    assert "qdhcp-acme.web" not in [n["name"] for n in a1["netns"]]
+    a1f = plan.host_plan(normal, hosts(), "mcm-a1", placement=final)
+    a2f = plan.host_plan(normal, hosts(), "mcm-a2", placement=final)
+    assert web["bridge"] not in names(a1f["links"]) and web["bridge"] not in names(a2f["links"])
+    assert _routes(a1f, "qrouter-acme") == _routes(a1, "qrouter-acme")
+
+
+def test_placement_errors_name_the_entry():
+    normal = example()
+    with pytest.raises(plan.PlanError, match="unknown key"):
+        plan.host_plan(normal, hosts(), "mcm-a1", placement={"acme/web": "cloud_b"})
+    with pytest.raises(plan.PlanError, match="acme/web1 is placed on 'nowhere'"):
+        plan.host_plan(normal, hosts(), "mcm-a1", placement={"vms": {"acme/web1": "nowhere"}})

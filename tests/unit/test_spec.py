@@ -113,6 +113,12 @@ def test_absent_tenant_needs_no_networks():
         "name": "globex",
         "state": "absent",
         "router_namespace": "qrouter-globex",
+        "transit": {
+            "vni": 12264344,
+            "bridge": "brq-12264344",
+            "vxlan": "vxlan-12264344",
+            "legs": ["qrb-12264344", "qr-12264344"],
+        },
         "networks": [],
     }
 
@@ -254,6 +260,7 @@ def test_normalize_example_exactly():
         "vxlan": "vxlan-16593158",
         "router_namespace": "qrouter-acme",
         "router_legs": ["qrb-16593158", "qr-16593158"],
+        "gateway_mac": "02:6d:63:40:a4:44",
         "dhcp": {
             "enabled": True,
             "range": ["10.10.1.128", "10.10.1.253"],

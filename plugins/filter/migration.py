@@ -1,0 +1,98 @@
+# Copyright: multicloud.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Filters: the plan of an instance or subnet migration (module_utils/migration_plan.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+from ansible_collections.multicloud.migration.plugins.module_utils import migration_plan
+from ansible_collections.multicloud.migration.plugins.module_utils.plan import (
+    PlanError,
+    hosts_from_inventory,
+)
+
+# Documentation: instance_migration.yml and subnet_migration.yml beside this file.
+
+
+def _call(
+    func: Callable[..., dict], spec: Mapping, inventory: tuple[list, Mapping, Mapping],
+    state: tuple[Mapping | None, Mapping | None], **kwargs: Any,
+) -> dict:  # fmt: skip
+    clouds, groups, hostvars = inventory
+    placement, existing = state
+    try:
+        hosts = hosts_from_inventory(clouds, groups, hostvars)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        return func(spec, hosts, placement or {}, existing or {}, **kwargs)
+    except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+
+
+def instance_migration(
+    spec: Mapping[str, Any], clouds: list[str], groups: Mapping, hostvars: Mapping, *,
+    placement: Mapping | None = None, existing: Mapping | None = None, vm: str,
+    to: str, tenant: str | None = None, host: str | None = None, mode: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
+    return _call(migration_plan.instance_migration, spec, (clouds, groups, hostvars),
+                 (placement, existing), instance=vm, to=to, tenant=tenant or None,
+                 host=host or None, mode=mode)  # fmt: skip
+
+
+def subnet_migration(
+    spec: Mapping[str, Any], clouds: list[str], groups: Mapping, hostvars: Mapping, *,
+    placement: Mapping | None = None, existing: Mapping | None = None, subnet: str, to: str,
+    tenant: str | None = None, mode: str = "auto",
+) -> dict[str, Any]:  # fmt: skip
+    return _call(migration_plan.subnet_migration, spec, (clouds, groups, hostvars),
+                 (placement, existing), subnet=subnet, to=to, tenant=tenant or None,
+                 mode=mode)  # fmt: skip
+
+
+def migration_line(move: Mapping[str, Any]) -> str:
+    """One planned move as a line of text."""
+    ip = move.get("ip") or "dynamic IP"
+    return (
+        f"  {move['key']} ({move['domain']}, {ip}, {move['mac']}): {move['source']} "
+        f"({move['source_cloud']}) -> {move['destination']} ({move['destination_cloud']}) "
+        f"via {move['destination_address']}, mode {move['mode']}"
+    )
+
+
+def migration_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """The ledger's per-VM record of one vm_migrate result (no progress samples)."""
+    item = result.get("item") or {}
+    stats = result.get("stats") or {}
+    return {
+        "vm": item.get("key"),
+        "source": item.get("source"),
+        "destination": item.get("destination"),
+        "mode": result.get("mode"),
+        "status": "failed" if result.get("failed") else "moved",
+        "error": result.get("msg") if result.get("failed") else None,
+        "bytes": stats.get("bytes"),
+        "downtime_ms": stats.get("downtime_ms"),
+        "elapsed_ms": stats.get("elapsed_ms") or stats.get("time_elapsed_ms"),
+        "checksum": result.get("checksum"),
+        "encryption": result.get("encryption"),
+        "progress_samples": len(result.get("progress") or []),
+    }
+
+
+def volume_names(paths: list[str]) -> list[dict[str, str]]:
+    """Volume paths as multicloud.migration.vm_volume config items (by file name)."""
+    return [{"name": str(p).rsplit("/", 1)[-1]} for p in paths]
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {
+            "instance_migration": instance_migration,
+            "subnet_migration": subnet_migration,
+            "migration_line": migration_line,
+            "migration_result": migration_result,
+            "volume_names": volume_names,
+        }
