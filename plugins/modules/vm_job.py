@@ -39,7 +39,7 @@ options:
 extends_documentation_fragment:
   - multicloud.migration._attributes
 notes:
-  - Diff mode shows nothing: aborting a job changes no configuration.
+  - Diff mode shows nothing, as aborting a job changes no configuration.
 requirements:
   - libvirt-python
 """
