@@ -25,6 +25,7 @@ from typing import Any
 from .plan import (
     Host,
     PlanError,
+    carriers,
     cloud_hosts,
     home_cloud,
     host_plan,
@@ -68,17 +69,6 @@ def _address(hosts: Mapping[str, Host], src: str, dst: str) -> str:
     """The destination's address the source migrates to: underlay inside a cloud."""
     a, b = hosts[src], hosts[dst]
     return b.underlay_ip if a.cloud == b.cloud else b.wan_ip
-
-
-def _carriers_now(
-    spec: Mapping, hosts: Mapping[str, Host], placement: Mapping, net: Mapping
-) -> list[str]:
-    """Hosts whose plan carries the network's bridge under ``placement``."""
-    return [
-        h
-        for h in sorted(hosts)
-        if any(x["name"] == net["bridge"] for x in host_plan(spec, hosts, h, placement)["links"])
-    ]
 
 
 def _placed_host(plans: Mapping[str, Mapping], domain: str) -> str:
@@ -185,7 +175,7 @@ def instance_migration(
     move = _move(hosts, (t["name"], net, vm), src, dst, mode)
     key, net_key = move["key"], f"{t['name']}/{net['name']}"
     final = _merged(before, vms={key: dst})
-    carried = _carriers_now(spec, hosts, before, net)
+    carried = [h.name for h in carriers(before, hosts, t["name"], net)]
     mid = _merged(final, stretch={net_key: sorted({src, *carried})})
     return {
         "kind": "instance",
@@ -253,17 +243,13 @@ def subnet_migration(
             "the tenant's other networks of the cloud and cannot move alone"
         )
     tname, net_key = t["name"], f"{t['name']}/{net['name']}"
-    vm_keys = [f"{tname}/{v['name']}" for v in net["vms"] if v.get("state", "present") == "present"]
     old_home = home_cloud(before, tname, net)
     present = [v for v in net["vms"] if v.get("state", "present") == "present"]
-    final = _merged(before, networks={net_key: to},
-                    vms={f"{tname}/{v['name']}": None for v in present})  # fmt: skip
-    if old_home == to and all(
+    vm_keys = [f"{tname}/{v['name']}" for v in present]
+    final = _merged(before, networks={net_key: to}, vms=dict.fromkeys(vm_keys))
+    noop = old_home == to and all(
         hosts[h].cloud == to for v in present for h in _running(existing, v["domain_name"])
-    ):
-        noop = True
-    else:
-        noop = False
+    )
     chosen = vm_plans(spec, hosts, _names(existing), placement=final)
     moves = []
     missing = []
@@ -280,7 +266,7 @@ def subnet_migration(
             f"VM(s) {', '.join(missing)} of {net_key} are not running on any cloud host: run "
             "create_infra.yml first"
         )
-    carried = _carriers_now(spec, hosts, before, net)
+    carried = [h.name for h in carriers(before, hosts, tname, net)]
     to_hosts = [h.name for h in cloud_hosts(hosts, to)]
     mid = _merged(before, stretch={net_key: sorted(set(to_hosts) | set(carried))})
     overlap = _merged(final, stretch={net_key: carried},
