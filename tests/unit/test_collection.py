@@ -63,3 +63,26 @@ def test_build_and_install(tmp_path):
         capture_output=True, text=True, check=False, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert "multicloud.migration 0.1.0" in listing.stdout
+
+
+def test_test_files_have_unique_basenames():
+    """make test runs tests/unit and tests/integration in one pytest process, where every
+    test file is imported under its bare name (rootdir-relative, no packages): two files
+    of the same name abort the whole collection (CI once failed exactly so)."""
+    tests = Path(__file__).resolve().parents[1]
+    names: dict[str, list[str]] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        names.setdefault(path.name, []).append(str(path.relative_to(tests)))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}
+
+
+def test_unit_tests_do_not_import_from_conftest():
+    """`from conftest import ...` resolves to whichever conftest was imported first when
+    unit and integration tests run together; unit tests import what they need directly."""
+    unit = Path(__file__).resolve().parent
+    offenders = [
+        path.name
+        for path in unit.glob("test_*.py")
+        if any(line.startswith("from conftest import") for line in path.read_text().splitlines())
+    ]
+    assert offenders == []

@@ -6,11 +6,10 @@ import importlib
 
 import pytest
 
-from conftest import load_module_utils
-
-hn = load_module_utils("host_network")
-dhcp = load_module_utils("dnsmasq")
-netlink = load_module_utils("netlink")
+UTILS = "ansible_collections.multicloud.migration.plugins.module_utils"
+hn = importlib.import_module(f"{UTILS}.host_network")
+dhcp = importlib.import_module(f"{UTILS}.dnsmasq")
+netlink = importlib.import_module(f"{UTILS}.netlink")
 
 MODULES = "ansible_collections.multicloud.migration.plugins.modules"
 

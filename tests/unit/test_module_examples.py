@@ -1,5 +1,5 @@
 """Every module's EXAMPLES: a YAML list of tasks that call the module by its FQCN with
-options it has (tests/integration/test_module_examples.py runs them on the lab)."""
+options it has (tests/integration/test_module_examples_lab.py runs them on the lab)."""
 
 from __future__ import annotations
 
