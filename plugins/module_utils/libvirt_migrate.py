@@ -42,10 +42,12 @@ from .libvirt_vm import (
     DEFAULT_POOL,
     DEFAULT_POOL_PATH,
     Storage,
+    VmError,
     domain_state,
     lookup_domain,
     parse_domain,
 )
+from .migration_progress import ProgressFile
 
 try:
     import libvirt
@@ -108,6 +110,18 @@ CHUNK = 1024 * 1024
 ZEROS = bytes(CHUNK)
 ABORT_GRACE = 60  # seconds a job may take to stop after abortJob
 ABORT_REPEAT = 2.0  # seconds between abortJob calls while a timed-out job still runs
+# abortJob calls after which the paused incoming domain on the destination is destroyed:
+# libvirt 9.0 can ignore abortJob during the NBD disk-mirror phase (seen in CI), and a
+# migration whose destination side is gone fails at once, the source VM running on.
+ABORTS_BEFORE_KILL = 3
+# After a failure the destination is cleaned over a connection that answers: the first one
+# may be dead (its libvirtd was killed: a new one is opened once libvirtd is back) or hang
+# (the link is cut: every call waits for TCP to give up, about 15 min). So the cleanup is
+# bounded: CLEANUP_WAIT s in all, each reachability probe PROBE_TIMEOUT s; what it could
+# not remove is reported (left_on_destination).
+CLEANUP_WAIT = 45
+PROBE_TIMEOUT = 5
+CLOSE_TIMEOUT = 10  # seconds closing the destination connection may take (it hangs on a cut link)
 LIBVIRT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 JOB_NONE = 0  # VIR_DOMAIN_JOB_NONE
 JOB_STATS_COMPLETED = 1  # VIR_DOMAIN_JOB_STATS_COMPLETED
@@ -423,6 +437,28 @@ def probe_tcp(uri: str, timeout: float = 10) -> None:
         ) from exc
 
 
+def _bounded(fn: Callable[[], Any], seconds: float, name: str) -> tuple[bool, Exception | None]:
+    """Run ``fn`` in a daemon thread for at most ``seconds``: (finished, its exception).
+
+    For libvirt calls to a peer that may not answer: such a call cannot be interrupted,
+    the daemon thread is left behind and the module still reports.
+    """
+    box: dict[str, Exception] = {}
+
+    def work() -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, which reports it
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        return False, None
+    return True, box.get("error")
+
+
 def open_destination(uri: str) -> Any:
     probe_tcp(uri)
     try:
@@ -503,6 +539,8 @@ class Migration:
         self.cleanup: list[str] = []
         self.changes: list[dict[str, Any]] = []
         self.created_volumes: list[Any] = []
+        self.created_paths: list[str] = []  # the same volumes by path (for a new connection)
+        self.cleaned_paths: list[str] = []
         self.defined_domain: Any | None = None
         self.label = f"VM {name}"
         self.dom: Any | None = None
@@ -599,8 +637,10 @@ class Migration:
                 f"({other.name()}): remove it there first",
                 phase="preflight",
             )
+        self.shared_pool(disks)
         if mode == "live":
             return
+        needs: dict[str, list[Any]] = {}  # pool name: [pool, bytes needed, directory]
         for disk in disks:
             if disk["shared"]:
                 continue
@@ -622,6 +662,11 @@ class Migration:
                     "(multicloud.migration.vm_volume state=deleted) and retry",
                     phase="preflight",
                 )
+            if pool is not None:
+                need = (_allocated(disk["path"]) if mode == "cold"
+                        else disk["chain_allocated_bytes"] or 0)  # fmt: skip
+                entry = needs.setdefault(pool.name(), [pool, 0, os.path.dirname(disk["path"])])
+                entry[1] += need
             if mode == "cold":
                 try:
                     self.src.storageVolLookupByPath(disk["path"])
@@ -632,6 +677,39 @@ class Migration:
                         "API: define a dir pool for its directory",
                         phase="preflight",
                     ) from exc
+        self.check_space(needs)
+
+    def check_space(self, needs: Mapping[str, Sequence[Any]]) -> None:
+        """Each destination pool has room for what is copied into it (the disks' allocation
+        on the source: a lower bound; a copy that still runs out of space fails and is
+        rolled back like any other failure)."""
+        for name, (pool, need, directory) in sorted(needs.items()):
+            available = int(pool.info()[3])
+            if need > available:
+                raise MigrationError(
+                    f"{self.label}: not enough space on the destination: its pool {name} "
+                    f"({directory}) has {available / MIB:.1f} MiB free, the disks to copy "
+                    f"there take {need / MIB:.1f} MiB on the source: free space there or "
+                    "choose another host",
+                    phase="preflight",
+                    needed_bytes=need,
+                    available_bytes=available,
+                )
+
+    def shared_pool(self, disks: list[dict[str, Any]]) -> None:
+        """A shared disk stays where it is; when its directory is ``pool_path`` the destination
+        gets that pool (created if missing, refreshed), so its vm module finds the volume."""
+        wanted = os.path.normpath(self.opts.pool_path)
+        if not any(os.path.normpath(os.path.dirname(d["path"])) == wanted
+                   for d in disks if d["shared"]):  # fmt: skip
+            return
+        try:
+            pool = _pool_for_dir(self.dst, wanted, self.opts, changes=self.changes,
+                                 label=self.label, check_mode=self.check_mode)  # fmt: skip
+        except VmError as exc:
+            raise MigrationError(str(exc), phase="preflight") from exc
+        if pool is not None:
+            pool.refresh(0)
 
     # ------------------------------------------------------------------ destination objects
     def create_volume(self, disk: Mapping[str, Any], fmt: str, capacity: int) -> Any:
@@ -648,6 +726,7 @@ class Migration:
                 phase="prepare",
             ) from exc
         self.created_volumes.append(vol)
+        self.created_paths.append(disk["path"])
         self.changes.append(
             {"action": "create", "object": "volume", "name": name, "vm": self.name,
              "details": {"path": vol.path(), "capacity_bytes": capacity, "format": fmt,
@@ -660,9 +739,16 @@ class Migration:
             )
         return vol
 
-    def clean_destination(self) -> None:
-        """Remove what this call created on the destination (domain, volumes)."""
-        dom = lookup_domain(self.dst, self.name)
+    def clean_destination(self, conn: Any | None = None) -> None:
+        """Remove what this call created on the destination (domain, volumes).
+
+        ``conn``: another connection to the destination, when the first one broke (its
+        libvirtd restarted); the volumes are then found again by path. Raises libvirtError
+        when the connection does not work.
+        """
+        fresh = conn is not None and conn is not self.dst
+        conn = self.dst if conn is None else conn
+        dom = lookup_domain(conn, self.name)
         if dom is not None:
             try:
                 if dom.isActive():
@@ -673,14 +759,85 @@ class Migration:
                     self.cleanup.append(f"undefined domain {self.name} on the destination")
             except _lverr() as exc:
                 self.warnings.append(f"{self.label}: cleanup could not remove the domain: {exc}")
-        for vol in self.created_volumes:
+        volumes = self.created_volumes if not fresh else self._volumes_again(conn)
+        for vol in volumes:
             try:
                 path = vol.path()
                 vol.delete(0)
                 self.cleanup.append(f"deleted volume {path} on the destination")
+                self.cleaned_paths.append(path)
             except _lverr() as exc:
                 self.warnings.append(f"{self.label}: cleanup could not delete a volume: {exc}")
+        if not conn.isAlive():
+            raise libvirt.libvirtError("the connection to the destination broke during cleanup")
         self.created_volumes = []
+
+    def _volumes_again(self, conn: Any) -> list[Any]:
+        """The volumes this call created, looked up by path on a new connection."""
+        found = []
+        for path in self.left_paths():
+            pool = _pool_for_dir(conn, os.path.dirname(path), self.opts, changes=[],
+                                 label=self.label, check_mode=True)  # fmt: skip
+            if pool is not None:
+                pool.refresh(0)
+            try:
+                found.append(conn.storageVolLookupByPath(path))
+            except _lverr() as exc:
+                if exc.get_error_code() != _flag("VIR_ERR_NO_STORAGE_VOL", 50):
+                    raise
+                self.cleaned_paths.append(path)  # already gone
+        return found
+
+    def left_paths(self) -> list[str]:
+        """Volumes this call created on the destination and has not removed."""
+        return [p for p in self.created_paths if p not in self.cleaned_paths]
+
+    def clean_destination_bounded(self) -> None:
+        """clean_destination after a failure, bounded in time (CLEANUP_WAIT).
+
+        The first connection is tried first; when it broke (the destination's libvirtd was
+        killed), a new one once the destination's port answers again (a service manager
+        restarts libvirtd). A destination that does not answer (link cut) is not called
+        at all: a call on a connection whose peer is silent blocks until TCP gives up.
+        What is left is reported in ``left_on_destination``.
+        """
+        deadline = time.monotonic() + CLEANUP_WAIT
+        conn: Any | None = self.dst
+        why = ""
+        for _attempt in range(int(CLEANUP_WAIT / 2) + 2):
+            try:
+                probe_tcp(self.dst_uri, timeout=PROBE_TIMEOUT)
+            except MigrationError as exc:
+                why = str(exc)
+            else:
+                finished, error = _bounded(
+                    lambda c=conn: self._clean_with(c), max(deadline - time.monotonic(), 5),
+                    f"clean-{self.name}",
+                )  # fmt: skip
+                if finished and error is None:
+                    return
+                if not finished:
+                    why = f"the destination did not answer within {CLEANUP_WAIT} s"
+                    break
+                why, conn = str(error), None  # next time over a new connection
+            if time.monotonic() + 2 > deadline:
+                break
+            time.sleep(2)
+        left = self.left_paths()
+        self.warnings.append(
+            f"{self.label}: could not clean the destination ({why}); left there: "
+            f"{', '.join(left) or 'no volume'}, and the domain if its libvirtd still has it"
+        )
+
+    def _clean_with(self, conn: Any | None) -> None:
+        if conn is None:
+            conn = libvirt.open(self.dst_uri)
+            try:
+                self.clean_destination(conn)
+            finally:
+                conn.close()
+        else:
+            self.clean_destination(conn)
 
     def source_state(self) -> str:
         dom = lookup_domain(self.src, self.name)
@@ -742,6 +899,27 @@ class Migration:
             "source_disks_left": [d["path"] for d in copied],
         }
 
+    def _kill_incoming(self) -> None:
+        """Destroy the incoming (paused, not yet started) domain on the destination, so
+        that a migration abortJob could not stop ends now; bounded, as the peer may hang."""
+
+        def kill() -> None:
+            incoming = lookup_domain(self.dst, self.name)
+            if incoming is not None and incoming.isActive():
+                incoming.destroy()
+
+        done, error = _bounded(kill, PROBE_TIMEOUT, f"kill-incoming-{self.name}")
+        if done and error is None:
+            self.warnings.append(
+                f"{self.label}: abortJob did not stop the job; the incoming domain on the "
+                "destination was destroyed instead"
+            )
+        else:
+            self.warnings.append(
+                f"{self.label}: could not destroy the incoming domain on the destination "
+                f"({error or 'no answer'}); still sending abortJob"
+            )
+
     def _set_downtime(self, dom: Any, quiet: bool, read_back: bool = False) -> bool:
         """migrateSetMaxDowntime; read back only before the job (during a migration
         virDomainMigrateGetMaxDowntime blocks until the job ends, libvirt 9.0)."""
@@ -767,7 +945,8 @@ class Migration:
         interval = max(self.opts.poll_interval, 0.01)
         deadline = started + self.opts.timeout
         limit = int((self.opts.timeout + ABORT_GRACE) / interval) + 2
-        downtime_set = timed_out = False
+        downtime_thread: threading.Thread | None = None
+        timed_out = False
         aborts, abort_next = 0, deadline
         box: dict[str, Any] = {}
 
@@ -785,8 +964,16 @@ class Migration:
                 break
             stats = active_job(dom)
             if stats is not None:
-                if not downtime_set:
-                    downtime_set = self._set_downtime(dom, quiet=False)
+                if downtime_thread is None:
+                    # Set again once the job runs, in a daemon thread: during a live-block
+                    # job (its NBD phase) migrateSetMaxDowntime blocks until the job ends
+                    # (libvirt 9.0, seen on the lab), which would stop the sampling. Quiet:
+                    # the set before the job already reported a failure (max_downtime_ms).
+                    downtime_thread = threading.Thread(
+                        target=self._set_downtime, args=(dom,), kwargs={"quiet": True},
+                        name=f"downtime-{self.name}", daemon=True,
+                    )  # fmt: skip
+                    downtime_thread.start()
                 sample = progress_sample(stats, time.monotonic() - started)
                 if sample is not None:
                     self.samples.append(sample)
@@ -805,6 +992,8 @@ class Migration:
                 except _lverr() as exc:
                     if not aborts:
                         self.warnings.append(f"{self.label}: abortJob failed (retrying): {exc}")
+                if aborts == ABORTS_BEFORE_KILL:
+                    self._kill_incoming()
         if worker.is_alive():
             return MigrationError(
                 f"{self.label}: the migration job did not end within "
@@ -840,7 +1029,7 @@ class Migration:
             except _lverr() as err:
                 self.warnings.append(f"{self.label}: cannot resume the source: {err}")
         if state == "running":
-            self.clean_destination()
+            self.clean_destination_bounded()
             cutover = False
         else:
             # The source no longer runs: the VM may run on the destination; touch nothing.
@@ -853,6 +1042,7 @@ class Migration:
             source_state=state,
             after_cutover=cutover,
             cleanup=self.cleanup,
+            left_on_destination=self.left_paths() if not cutover else [],
             progress=self.samples,
             elapsed_ms=round((time.monotonic() - started) * 1000),
         )
@@ -886,9 +1076,10 @@ class Migration:
                 phase = "start"
                 dst_dom.create()
         except (MigrationError, _lverr()) as exc:
-            self.clean_destination()
+            self.clean_destination_bounded()
             state = self._restart_source(was_running)
             details = {"source_state": state, "after_cutover": False, "cleanup": self.cleanup,
+                       "left_on_destination": self.left_paths(),
                        "progress": self.samples, "checksum": checksums}  # fmt: skip
             if isinstance(exc, MigrationError):
                 exc.details.setdefault("phase", phase)
@@ -1148,7 +1339,38 @@ def migrate(
         )  # fmt: skip
     finally:
         if own:
-            dst_conn.close()
+            _bounded(dst_conn.close, CLOSE_TIMEOUT, "close-destination")
+
+
+def plan_from_source(
+    src_conn: Any, dst_uri: str, name: str, mode: str, opts: MigrateOptions
+) -> dict[str, Any]:
+    """The check-mode plan when the destination cannot be reached yet (no TLS material on
+    this host): mode, bytes and time from the source; the destination is not checked."""
+    job = Migration(src_conn, None, dst_uri, name, opts=opts, progress=None, check_mode=True)
+    dom = lookup_domain(src_conn, name)
+    if dom is None:
+        raise MigrationError(f"VM {name}: no domain of that name on the source",
+                             phase="preflight")  # fmt: skip
+    disks = job.disks(dom, dom.XMLDesc(0))
+    chosen, reason = choose_mode(mode, [d["path"] for d in disks], bool(dom.isActive()),
+                                 opts.shared_paths)  # fmt: skip
+    return {
+        "changed": True,
+        "mode": chosen,
+        "mode_reason": reason,
+        "plan": job.plan(chosen, reason, dom, disks),
+        "stats": {},
+        "progress": [],
+        "checksum": None,
+        "source_state": domain_state(dom),
+        "destination_state": "unknown",
+        "warnings": [
+            f"VM {name}: this host has no TLS certificates yet (setup_migration_tls.yml makes "
+            "them; in check mode it changed nothing), so the destination was not checked"
+        ],
+        "changes": [],
+    }
 
 
 def _migrate(
@@ -1215,6 +1437,8 @@ def _migrate(
         result["warnings"] = job.warnings
         result["changes"] = job.changes
         return result
+    if progress is not None:
+        _report_mode(job, progress, chosen, shutdown=chosen == "cold" and bool(dom.isActive()))
     if chosen == "cold":
         outcome = job.run_cold(disks)
     else:
@@ -1224,6 +1448,20 @@ def _migrate(
     result["warnings"] = job.warnings
     result["changes"] = job.changes
     return result
+
+
+def _report_mode(
+    job: Migration, progress: Callable[[dict[str, Any]], None], mode: str, *, shutdown: bool
+) -> None:
+    """The callback gets every sample with the chosen ``mode`` (``job.samples`` stay as they
+    are); a progress file also says what happens before the first sample."""
+    if isinstance(progress, ProgressFile):
+        progress.write({"mode": mode, "phase": "shutdown" if shutdown else "starting"})
+
+    def with_mode(sample: dict[str, Any]) -> None:
+        progress({"mode": mode, **sample})
+
+    job.progress_cb = with_mode
 
 
 def _already(job: Migration, dst_dom: Any, why: str) -> dict[str, Any]:
@@ -1293,6 +1531,14 @@ def run_vm_migrate(
         src_conn = opener("qemu:///system")
     except _lverr() as exc:
         raise MigrationError(f"cannot connect to qemu:///system: {exc}", phase="connect") from exc
+    # The latest sample in a JSON file, for whoever watches (the vm_migrate action plugin);
+    # removed when the module ends, whatever the outcome.
+    reporter = None
+    if params.get("progress_file") and not check_mode:
+        reporter = ProgressFile(
+            params["progress_file"], name=name, destination=destination,
+            source=socket.gethostname(),
+        )  # fmt: skip
     try:
         dom = lookup_domain(src_conn, name)
         unsafe = params.get("unsafe")
@@ -1302,11 +1548,17 @@ def run_vm_migrate(
             # Only a shared directory libvirt does not recognise needs UNSAFE.
             unsafe = bool(paths) and any(under_paths(p, shared_paths) for p in paths)
         opts.unsafe = bool(unsafe)
+        wanted_mode = params.get("mode") or "auto"
         try:
-            if encryption == "tls":
-                tls_preflight(socket.gethostname())
-            result = migrate(src_conn, dst_uri, name, params.get("mode") or "auto",
-                             options=opts, check_mode=check_mode)  # fmt: skip
+            if encryption == "tls" and check_mode and missing_tls_files(TLS_CLIENT_FILES):
+                # check mode of a first migration: setup_migration_tls.yml, run in check
+                # mode too, made nothing yet; plan from the source alone
+                result = plan_from_source(src_conn, dst_uri, name, wanted_mode, opts)
+            else:
+                if encryption == "tls":
+                    tls_preflight(socket.gethostname())
+                result = migrate(src_conn, dst_uri, name, wanted_mode, options=opts,
+                                 check_mode=check_mode, progress=reporter)  # fmt: skip
         except MigrationError as exc:
             exc.details.setdefault("destination", destination)
             exc.details.setdefault("destination_uri", dst_uri)
@@ -1319,6 +1571,10 @@ def run_vm_migrate(
             raise MigrationError(f"VM {name}: {exc}", phase="unknown") from exc
     finally:
         src_conn.close()
+        if reporter is not None:
+            reporter.remove()
+    if reporter is not None and reporter.error:
+        warnings.append(f"VM {name}: {reporter.error}")
     result["source"] = socket.gethostname()
     result["destination"] = destination
     result["destination_address"] = address

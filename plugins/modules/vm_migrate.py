@@ -126,13 +126,48 @@ options:
     type: int
     default: 60
   pool:
-    description: Name of the destination's dir pool created when no pool there holds the disk's directory and that directory is O(pool_path).
+    description:
+      - Name of the destination's dir pool created when no pool there holds the disk's directory and that directory is O(pool_path).
+      - A disk under O(shared_paths) is not copied, but when its directory is O(pool_path) the
+        destination gets this pool too (created when missing, refreshed), so that
+        M(multicloud.migration.vm) finds the VM's volume there (a VM with C(storage=shared)
+        in the spec passes its shared pool here).
     type: str
     default: mcm
   pool_path:
     description: Directory of O(pool).
     type: path
     default: /var/lib/mcm/vms
+  progress_file:
+    description:
+      - A file on the managed (source) host where the latest progress sample is written as
+        one JSON object while the data moves (for V(live), V(live-block) and V(cold)) -
+        the sample's keys as in RV(progress) plus C(mode), C(name), C(source),
+        C(destination) and C(updated) (epoch seconds); before the first sample it holds
+        C(mode) and C(phase) (V(starting), or V(shutdown) while a V(cold) migration waits for
+        the guest to stop). Each write replaces the file atomically (a temporary file in the
+        same directory, then a rename), so a reader never sees half a sample.
+      - The file is removed when the module ends, successfully or not. Not written in check
+        mode. A file that cannot be written does not fail the migration (a warning says why).
+      - Without it, the action plugin (see O(progress_interval)) uses a file in the task's
+        remote temporary directory.
+    type: path
+  progress_interval:
+    description:
+      - Seconds between two progress lines printed on the controller while the migration
+        runs - host, domain, destination, mode, percent, processed/total MiB, rate in MiB/s,
+        estimated seconds left and, for live modes, the memory iteration.
+      - Handled by the action plugin of the same name - the module is started in the
+        background (as with C(async)); every second one C(cat) reads its O(progress_file)
+        and the async job's file, and once the module has ended its result is fetched with
+        M(ansible.builtin.async_status) and the job cleaned up. The task's result is then the
+        module's own, as without the action plugin.
+      - This costs a few seconds per migration (three more Python starts on the host - the
+        async wrapper and two async_status calls - and the module's upload); V(0) avoids it.
+      - V(0) runs the module in the foreground without progress lines. No progress lines
+        either in check mode, or when the task sets C(async) itself.
+    type: float
+    default: 3
 extends_documentation_fragment:
   - multicloud.migration._attributes
 notes:
@@ -141,6 +176,17 @@ notes:
     source, destination, bytes to copy, estimated time - and changes nothing.
   - The bridge of the domain's NIC, the directory of its console socket, and the backing
     images of its disks must exist on the destination at the same paths.
+  - "Progress lines - with O(progress_interval) above 0 (the default) the task prints lines
+    such as 'mcm-a1: web1 -> mcm-b1 (live-block): 42.5%, 60.1/141.3 MiB, 4.0 MiB/s, ~20 s
+    left, memory iteration 2, 15 s elapsed' while the data moves - the first one as soon as
+    there is a sample, then every O(progress_interval) seconds. While V(live-block) mirrors
+    the disks the line says C(disk mirror), its percent is that of the disks, and its rate
+    (libvirt reports none then) is the average since the start."
+  - The progress lines go to standard output, or to standard error when the stdout callback
+    is a JSON one (C(ansible.posix.json), C(ansible.posix.jsonl)) so that its output stays
+    parseable. The background job may run for O(timeout) + O(shutdown_timeout) + 120 seconds
+    before it is killed; the task waits 30 seconds more for its result and then fails,
+    naming the job.
   - For V(cold) the checksum is taken over each volume's bytes as stored (holes read as
     zeros) - for a raw volume exactly what the guest sees, for a qcow2 volume its image file
     (the guest's data plus qcow2 metadata; its backing image is not copied).
@@ -334,6 +380,9 @@ def main() -> None:
             "shutdown_timeout": {"type": "int", "default": DEFAULT_SHUTDOWN_TIMEOUT},
             "pool": {"type": "str", "default": "mcm"},
             "pool_path": {"type": "path", "default": "/var/lib/mcm/vms"},
+            "progress_file": {"type": "path"},
+            # used by the action plugin (plugins/action/vm_migrate.py); ignored here
+            "progress_interval": {"type": "float", "default": 3},
         },
         supports_check_mode=True,
     )

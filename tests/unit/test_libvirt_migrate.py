@@ -496,3 +496,44 @@ def test_stream_volume_is_bounded(fake_libvirt):
     with pytest.raises(lm.MigrationError, match="did not end"):
         lm.stream_volume(FakeConn(endless), FakeVol(), None, None, total=0,
                          deadline=time.monotonic() + 30)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- shared storage
+
+
+class _PoolConn:
+    """A destination without pools: lookups fail as libvirt's do."""
+
+    def __init__(self) -> None:
+        self.defined: list[str] = []
+
+    def listAllStoragePools(self, flags):
+        return []
+
+    def storagePoolLookupByName(self, name):
+        raise _NoPool()
+
+
+class _NoPool(FakeLibvirtError):
+    def get_error_code(self) -> int:
+        return 49  # VIR_ERR_NO_STORAGE_POOL
+
+
+@pytest.mark.parametrize(
+    ("pool_path", "created"),
+    [("/var/lib/mcm/shared/vms", True), ("/var/lib/mcm/vms", False)],
+)
+def test_a_shared_disk_gets_its_pool_on_the_destination(monkeypatch, fake_libvirt, pool_path,
+                                                        created):  # fmt: skip
+    from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm
+
+    monkeypatch.setattr(libvirt_vm, "libvirt", SimpleNamespace(
+        libvirtError=FakeLibvirtError, VIR_ERR_NO_STORAGE_POOL=49))  # fmt: skip
+    opts = lm.MigrateOptions(shared_paths=["/var/lib/mcm/shared"], pool="mcm-shared",
+                             pool_path=pool_path)  # fmt: skip
+    migration = lm.Migration(object(), _PoolConn(), "qemu+tls://d/system", "t-v", opts=opts,
+                             check_mode=True)  # fmt: skip
+    disks = [{"path": "/var/lib/mcm/shared/vms/t-v.qcow2", "shared": True}]
+    migration.shared_pool(disks)
+    expected = [("create", "pool", "mcm-shared")] if created else []
+    assert [(c["action"], c["object"], c["name"]) for c in migration.changes] == expected
