@@ -153,6 +153,8 @@ def normalize_vm(item: Mapping[str, Any]) -> dict[str, Any]:
     else:
         vm["metadata"] = None
     if vm["state"] == "absent":
+        # A disk given by path is the user's: removing the VM leaves it (shared storage).
+        vm["keep_disk"] = bool(item.get("disk"))
         return vm
     vm["memory_mib"] = _int(item, "memory_mib", DEFAULT_MEMORY_MIB, 1)
     vm["vcpus"] = _int(item, "vcpus", 1, 1)
@@ -626,8 +628,10 @@ class Storage:
                         f"{owner}: disk of {capacity_mib} MiB is smaller than its "
                         f"image {image} ({size // MIB} MiB)"
                     )
-        vol = lookup_volume(pool, name)
+        # Refreshed first: in a pool on shared storage another host may have created the
+        # volume since this host last looked.
         room = self.room_bytes(pool)
+        vol = lookup_volume(pool, name)
         if vol is None:
             if room is not None and room < capacity_mib * MIB:
                 raise VmError(
@@ -828,7 +832,7 @@ class Converger:
     # ------------------------------------------------------------------ one VM
     def converge(self, vm: dict[str, Any]) -> None:
         if vm["state"] == "absent":
-            self.remove(vm["name"], vm["pool"])
+            self.remove(vm["name"], vm["pool"], keep_disk=vm.get("keep_disk", False))
             return
         created: dict[str, Any] = {}
         try:
@@ -1044,8 +1048,11 @@ class Converger:
         return flags
 
     # ------------------------------------------------------------------ removal
-    def remove(self, name: str, pool_name: str | None = None) -> None:
-        """Destroy, undefine and delete the VM's volume; nothing to do when all are gone."""
+    def remove(self, name: str, pool_name: str | None = None, *, keep_disk: bool = False) -> None:
+        """Destroy, undefine and delete the VM's volume; nothing to do when all are gone.
+
+        ``keep_disk``: the disk was given by path (the user's): it is left alone.
+        """
         dom = lookup_domain(self.conn, name)
         disk_path = None
         if dom is not None:
@@ -1069,6 +1076,8 @@ class Converger:
                 except libvirt.libvirtError as exc:
                     if _lv_error_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
                         raise VmError(f"VM {name}: cannot undefine it: {exc}") from exc
+        if keep_disk:
+            return
         vol, vol_pool = self._own_volume(name, disk_path, pool_name)
         if vol is not None:
             self.storage.delete(vol, vol_pool, f"VM {name}")
@@ -1081,15 +1090,33 @@ class Converger:
         A disk given by path (not named after the VM) is the user's and is left alone.
         """
         if disk_path:
-            try:
-                vol = self.conn.storageVolLookupByPath(disk_path)
-            except libvirt.libvirtError:
-                vol = None
+            vol = self._volume_by_path(disk_path)
             if vol is not None and vol.name() == volume_name(name):
                 return vol, vol.storagePoolLookupByVolume().name()
         pool_name = pool_name or DEFAULT_POOL
-        vol = lookup_volume(lookup_pool(self.conn, pool_name), volume_name(name))
+        pool = lookup_pool(self.conn, pool_name)
+        if pool is not None and pool.isActive():
+            pool.refresh(0)  # on shared storage another host may have deleted it
+        vol = lookup_volume(pool, volume_name(name))
         return vol, pool_name
+
+    def _volume_by_path(self, path: str) -> Any | None:
+        """The volume at ``path``; pools of its directory are refreshed when it is not known
+        (a pool on shared storage does not see what another host created)."""
+        for attempt in range(2):
+            try:
+                return self.conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError:
+                if attempt:
+                    return None
+            directory = os.path.normpath(os.path.dirname(path))
+            for pool in self.conn.listAllStoragePools(0):
+                if not pool.isActive():
+                    continue
+                target = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
+                if target and os.path.normpath(target) == directory:
+                    pool.refresh(0)
+        return None
 
     # ------------------------------------------------------------------ records
     def record(self, name: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import ipaddress
 import math
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from .naming import (
 __all__ = [
     "MODES",
     "STATES",
+    "STORAGES",
     "Problem",
     "SpecError",
     "allocate_vnis",
@@ -61,11 +63,21 @@ STATES = ("present", "absent")
 DYNAMIC_DHCP_MODES = ("managed", "managed-novlan")
 DHCP_MODES = ("managed", "managed-novlan", "static")
 
-TOP_KEYS = ("tenants",)
+TOP_KEYS = ("tenants", "shared_storage")
 TENANT_KEYS = ("name", "networks", "state")
 NETWORK_KEYS = ("name", "cloud", "subnet", "gateway", "mode", "vni", "dhcp", "vms", "state")
 DHCP_KEYS = ("enabled", "range", "domain")
-VM_KEYS = ("name", "vcpus", "memory", "disk", "ip", "image", "host", "state")
+VM_KEYS = ("name", "vcpus", "memory", "disk", "ip", "image", "host", "storage", "state")
+SHARED_STORAGE_KEYS = ("path", "pool")
+
+# Where a VM's disk lives: "local" (the vm module's own pool, LOCAL_POOL at LOCAL_POOL_PATH
+# on the VM's host) or "shared" (the pool of shared_storage, the same directory on every
+# cloud host, so that a live migration moves memory only).
+STORAGES = ("local", "shared")
+LOCAL_POOL = "mcm"  # the vm module's default pool and its directory
+LOCAL_POOL_PATH = "/var/lib/mcm/vms"
+DEFAULT_SHARED_POOL = "mcm-shared"
+DEFAULT_SHARED_PATH = "/var/lib/mcm/shared/vms"
 
 NAME_MAX = 63  # one DNS label
 # qdhcp-<tenant>.<network>, qrouter-<tenant>, <tenant>-<vm>: keep the tenant part short.
@@ -85,6 +97,7 @@ _HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$")
 _SIZE_RE = re.compile(
     r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmgt](?:i?b)?)?\s*$", re.IGNORECASE
 )
+_POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _UNIT_MIB = {"k": Fraction(1, 1024), "m": Fraction(1), "g": Fraction(1024), "t": Fraction(1024**2)}
 
 
@@ -282,6 +295,9 @@ class _Vm:
     ip: IPv4 | None = None
     image: str | None = None
     host: str | None = None
+    storage: str = "local"
+    storage_pool: str | None = None  # shared storage: its pool and directory
+    storage_path: str | None = None
     state: str = "present"  # effective: absent when the VM or a parent is absent
 
 
@@ -337,6 +353,8 @@ class _Checker:
         self.clouds: set[str] | None = None if clouds is None else {str(c) for c in clouds}
         self.problems: list[Problem] = []
         self.tenants: list[_Tenant] = []
+        self.shared_pool = DEFAULT_SHARED_POOL
+        self.shared_path = DEFAULT_SHARED_PATH
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
@@ -423,12 +441,73 @@ class _Checker:
             )
             return
         self.keys(spec, "", TOP_KEYS)
+        self.shared_storage(spec)
         if not self.required(spec, "tenants", ""):
             return
         for index, raw in enumerate(self.list_of(spec, "tenants", "", "tenants")):
             self.tenant(raw, f"tenants[{index}]")
         self.cross_tenant()
         self.problems.sort(key=lambda problem: _natural_key(problem.path))
+
+    def shared_storage(self, spec: Mapping[Any, Any]) -> None:
+        """Where VMs with ``storage: shared`` keep their disks (the same on every host)."""
+        if spec.get("shared_storage") is None:
+            return
+        value = spec["shared_storage"]
+        where = "shared_storage"
+        if not self.mapping(value, where, "with path and pool"):
+            return
+        self.keys(value, where, SHARED_STORAGE_KEYS)
+        if value.get("path") is not None:
+            directory = self.storage_path(value["path"], _sub(where, "path"))
+            if directory is not None:
+                self.shared_path = directory
+        if value.get("pool") is not None:
+            pool = value["pool"]
+            if not isinstance(pool, str) or not _POOL_RE.match(pool):
+                self.add(
+                    _sub(where, "pool"),
+                    f"invalid pool name {pool!r}: use 1 to 64 letters, digits, '_', '.' or "
+                    "'-', starting with a letter or digit",
+                )
+            elif pool == LOCAL_POOL:
+                self.add(
+                    _sub(where, "pool"),
+                    f"pool {pool!r} is the pool of local disks (at {LOCAL_POOL_PATH}): name the "
+                    f"shared pool differently, e.g. {DEFAULT_SHARED_POOL!r}",
+                )
+            else:
+                self.shared_pool = pool
+
+    def storage_path(self, raw: Any, where: str) -> str | None:
+        if not isinstance(raw, str) or not raw.strip():
+            self.add(
+                where,
+                f"must be an absolute directory path such as {DEFAULT_SHARED_PATH}, "
+                f"got {_kind(raw)}",
+            )
+            return None
+        if not raw.startswith("/"):
+            self.add(where, f"{raw!r} is not an absolute path: write it from /")
+            return None
+        if any(c.isspace() or not c.isprintable() for c in raw):
+            self.add(where, f"{raw!r} contains whitespace or control characters")
+            return None
+        if ".." in raw.split("/"):
+            self.add(where, f"{raw!r} contains '..': give the directory itself")
+            return None
+        directory = "/" + posixpath.normpath(raw).lstrip("/")  # normpath keeps a leading //
+        if directory == "/":
+            self.add(where, "the root directory cannot hold the VMs' disks")
+            return None
+        if directory == LOCAL_POOL_PATH or directory.startswith(LOCAL_POOL_PATH + "/"):
+            self.add(
+                where,
+                f"{raw!r} is (inside) {LOCAL_POOL_PATH}, the directory of the pool of local "
+                f"disks: give a directory on the shared storage, e.g. {DEFAULT_SHARED_PATH}",
+            )
+            return None
+        return directory
 
     def tenant(self, raw: Any, path: str) -> None:
         tenant = _Tenant(path)
@@ -622,11 +701,27 @@ class _Checker:
                 self.add(_sub(path, "host"), f"invalid host name {host!r}")
             else:
                 vm.host = host
+        if raw.get("storage") is not None:
+            self.vm_storage(vm, raw["storage"], _sub(path, "storage"))
         if net.mode == "static" and vm.state == "present" and raw.get("ip") is None:
             self.add(
                 _sub(path, "ip"),
                 "mode static has no dynamic range: every VM needs an ip (a reservation)",
             )
+
+    def vm_storage(self, vm: _Vm, value: Any, where: str) -> None:
+        allowed = ", ".join(STORAGES)
+        if value not in STORAGES:
+            if isinstance(value, str):
+                guess = _suggest(value, STORAGES)
+                hint = f" (did you mean {guess!r}?)" if guess else ""
+                self.add(where, f"invalid storage {value!r}{hint}: allowed are {allowed}")
+            else:
+                self.add(where, f"must be one of {allowed}, got {_kind(value)}")
+            return
+        vm.storage = str(value)
+        if vm.storage == "shared":
+            vm.storage_pool, vm.storage_path = self.shared_pool, self.shared_path
 
     # ---------------------------------------------------------------- addressing
 
@@ -1053,6 +1148,9 @@ def _normal_vm(tenant: str, network: str, vm: _Vm, dns_domain: str | None) -> di
         "ip": str(vm.ip) if vm.ip is not None else None,
         "image": vm.image,
         "host": vm.host,
+        "storage": vm.storage,
+        "storage_pool": vm.storage_pool,
+        "storage_path": vm.storage_path,
         "mac": vm_mac(tenant, vm.name),
         "domain_name": domain_name(tenant, vm.name),
         "fqdn": f"{vm.name}.{dns_domain}" if dns_domain else None,

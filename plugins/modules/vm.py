@@ -93,7 +93,9 @@ options:
       disk:
         description:
           - Path of an existing disk image to use. When given, the module does not create,
-            grow or delete it.
+            grow or delete it - also with O(config[].state=absent), which then undefines the
+            domain and leaves the disk (for example one on shared storage that another host's
+            copy of the VM uses).
           - When not given, the module manages the volume C(<name>.qcow2) in O(config[].pool).
         type: str
       disk_format:
@@ -114,7 +116,12 @@ options:
         type: str
         default: qcow2
       pool:
-        description: Storage pool of the managed volume.
+        description:
+          - Storage pool of the managed volume.
+          - A pool on shared storage (the same directory on several hosts, such as the spec's
+            C(shared_storage) pool C(mcm-shared)) works - the pool is refreshed before the
+            volume is looked up, so a volume another host created is found, and removing
+            the VM deletes the volume once, on the host that runs it.
         type: str
         default: mcm
       pool_path:

@@ -303,3 +303,135 @@ def test_scope_matches_tenant_exactly():
     assert not lv._in_scope(None, ["acme"])
     assert lv._in_scope({"tenant": "anyone"}, None)
     assert not lv._in_scope(None, None)  # foreign domains are never ours
+
+
+# --------------------------------------------------------------------------- shared storage
+
+
+class _LvError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"libvirt error {code}")
+        self.code = code
+
+    def get_error_code(self) -> int:
+        return self.code
+
+
+_FAKE = {"VIR_ERR_NO_DOMAIN": 42, "VIR_ERR_NO_STORAGE_POOL": 49, "VIR_ERR_NO_STORAGE_VOL": 50}
+
+
+class _Vol:
+    def __init__(self, pool: _Pool, name: str) -> None:
+        self.pool, self._name = pool, name
+
+    def name(self) -> str:
+        return self._name
+
+    def path(self) -> str:
+        return f"{self.pool.target}/{self._name}"
+
+    def info(self) -> list[int]:
+        return [0, self.pool.files[self._name], 0]
+
+    def storagePoolLookupByVolume(self) -> _Pool:
+        return self.pool
+
+    def delete(self, _flags: int) -> None:
+        del self.pool.files[self._name]
+        self.pool.known.discard(self._name)
+
+
+class _Pool:
+    """A dir pool on a directory shared by hosts (``files``): it sees new files on refresh."""
+
+    def __init__(self, name: str, target: str, files: dict[str, int]) -> None:
+        self._name, self.target, self.files = name, target, files
+        self.known: set[str] = set(files)
+        self.refreshed = 0
+
+    def name(self) -> str:
+        return self._name
+
+    def isActive(self) -> bool:
+        return True
+
+    def autostart(self) -> bool:
+        return True
+
+    def XMLDesc(self, _flags: int) -> str:
+        return (
+            f"<pool type='dir'><name>{self._name}</name>"
+            f"<target><path>{self.target}</path></target></pool>"
+        )
+
+    def refresh(self, _flags: int) -> None:
+        self.refreshed += 1
+        self.known = set(self.files)
+
+    def info(self) -> list[int]:
+        return [2, 10 * 2**30, 0, 10 * 2**30]
+
+    def storageVolLookupByName(self, name: str) -> _Vol:
+        if name not in self.known:
+            raise _LvError(_FAKE["VIR_ERR_NO_STORAGE_VOL"])
+        return _Vol(self, name)
+
+
+class _Conn:
+    def __init__(self, pool: _Pool) -> None:
+        self.pool = pool
+
+    def storagePoolLookupByName(self, name: str) -> _Pool:
+        if name != self.pool.name():
+            raise _LvError(_FAKE["VIR_ERR_NO_STORAGE_POOL"])
+        return self.pool
+
+    def listAllStoragePools(self, _flags: int) -> list[_Pool]:
+        return [self.pool]
+
+    def storageVolLookupByPath(self, path: str) -> _Vol:
+        name = path.rsplit("/", 1)[-1]
+        if path.rsplit("/", 1)[0] != self.pool.target or name not in self.pool.known:
+            raise _LvError(_FAKE["VIR_ERR_NO_STORAGE_VOL"])
+        return _Vol(self.pool, name)
+
+    def lookupByName(self, _name: str) -> None:
+        raise _LvError(_FAKE["VIR_ERR_NO_DOMAIN"])
+
+
+@pytest.fixture
+def shared_pool(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(lv, "libvirt", SimpleNamespace(libvirtError=_LvError, **_FAKE))
+    files: dict[str, int] = {}  # the shared directory, as every host sees it
+    return files, _Pool("mcm-shared", "/var/lib/mcm/shared/vms", files)
+
+
+def test_a_volume_another_host_created_is_found_not_created_again(shared_pool):
+    files, pool = shared_pool
+    files["t-v.qcow2"] = 64 * 2**20  # created by another host after this pool was scanned
+    changes: list = []
+    storage = lv.Storage(_Conn(pool), False, changes)
+    vol, created = storage.volume(pool, pool_name="mcm-shared", pool_path=pool.target,
+                                  name="t-v.qcow2", capacity_mib=64, fmt="qcow2", image=None,
+                                  image_format="qcow2", owner="VM t-v")  # fmt: skip
+    assert vol is not None and not created and changes == []
+
+
+def test_removal_finds_the_shared_volume_by_path_once_and_keeps_a_given_disk(shared_pool):
+    files, pool = shared_pool
+    conv = lv.Converger(_Conn(pool), False)
+    files["t-v.qcow2"] = 64 * 2**20  # not known to this host's pool yet
+    vol = conv._volume_by_path(f"{pool.target}/t-v.qcow2")
+    assert vol is not None and vol.name() == "t-v.qcow2" and pool.refreshed == 1
+    # state absent with the disk given by path: the disk is the user's (another copy uses it)
+    conv.remove("t-v", "mcm-shared", keep_disk=True)
+    assert "t-v.qcow2" in files and conv.changes == []
+    conv.remove("t-v", "mcm-shared")
+    assert "t-v.qcow2" not in files
+    assert [c["action"] for c in conv.changes] == ["delete"]
+    conv.remove("t-v", "mcm-shared")  # deleted by another host: nothing left to do
+    assert [c["action"] for c in conv.changes] == ["delete"]
+    assert lv.normalize_vm({"name": "t-v", "state": "absent", "disk": "/d"})["keep_disk"]
+    assert not lv.normalize_vm({"name": "t-v", "state": "absent"})["keep_disk"]

@@ -281,6 +281,9 @@ def test_normalize_example_exactly():
                 "ip": "10.10.1.10",
                 "image": None,
                 "host": None,
+                "storage": "local",
+                "storage_pool": None,
+                "storage_path": None,
                 "mac": "52:54:00:88:97:61",
                 "domain_name": "acme-web1",
                 "fqdn": "web1.web.acme",
@@ -296,6 +299,9 @@ def test_normalize_example_exactly():
                 "ip": "10.10.1.11",
                 "image": None,
                 "host": None,
+                "storage": "local",
+                "storage_pool": None,
+                "storage_path": None,
                 "mac": "52:54:00:50:c5:1d",
                 "domain_name": "acme-web2",
                 "fqdn": "web2.web.acme",
@@ -457,6 +463,54 @@ def test_optional_vm_fields_are_kept():
     assert (result["image"], result["host"], result["vcpus"]) == ("busybox", "mcm-a1", 64)
 
 
+def test_storage_defaults_to_local():
+    result = spec.normalize(base())["tenants"][0]["networks"][0]["vms"][0]
+    assert (result["storage"], result["storage_pool"], result["storage_path"]) == (
+        "local",
+        None,
+        None,
+    )
+
+
+def test_shared_storage_vm_gets_the_default_pool_and_directory():
+    s = base()
+    vm(s)["storage"] = "shared"
+    vms = spec.normalize(s)["tenants"][0]["networks"][0]["vms"]
+    assert (vms[0]["storage"], vms[0]["storage_pool"], vms[0]["storage_path"]) == (
+        "shared",
+        spec.DEFAULT_SHARED_POOL,
+        spec.DEFAULT_SHARED_PATH,
+    )
+    assert (spec.DEFAULT_SHARED_POOL, spec.DEFAULT_SHARED_PATH) == (
+        "mcm-shared",
+        "/var/lib/mcm/shared/vms",
+    )
+    assert vms[1]["storage"] == "local"  # per VM
+
+
+def test_shared_storage_can_be_placed_elsewhere_and_is_normalised():
+    s = base()
+    s["shared_storage"] = {"path": "/srv/nfs//vms/", "pool": "nfs-vms"}
+    vm(s)["storage"] = "shared"
+    assert spec.validate(s, CLOUDS) == []
+    result = spec.normalize(s, CLOUDS)
+    assert "shared_storage" not in result  # resolved into each shared VM
+    first = result["tenants"][0]["networks"][0]["vms"][0]
+    assert (first["storage_pool"], first["storage_path"]) == ("nfs-vms", "/srv/nfs/vms")
+
+
+def test_shared_storage_problems_are_all_reported():
+    s = base()
+    s["shared_storage"] = {"path": "relative", "pool": "mcm"}
+    vm(s)["storage"] = "nfs"
+    assert [str(p) for p in spec.validate(s, CLOUDS)] == [
+        "shared_storage.path: 'relative' is not an absolute path: write it from /",
+        "shared_storage.pool: pool 'mcm' is the pool of local disks (at /var/lib/mcm/vms): "
+        "name the shared pool differently, e.g. 'mcm-shared'",
+        "tenants[0].networks[0].vms[0].storage: invalid storage 'nfs': allowed are local, shared",
+    ]
+
+
 # --------------------------------------------------------------------------- bad specs
 
 Mutation = Callable[[dict[str, Any]], None]
@@ -477,6 +531,13 @@ def setter(getter: Callable[[dict[str, Any]], dict[str, Any]], key: str, value: 
 def deleter(getter: Callable[[dict[str, Any]], dict[str, Any]], key: str) -> Mutation:
     def mutate(s: dict[str, Any]) -> None:
         del getter(s)[key]
+
+    return mutate
+
+
+def shared(key: str, value: Any) -> Mutation:
+    def mutate(s: dict[str, Any]) -> None:
+        s.setdefault("shared_storage", {})[key] = value
 
     return mutate
 
@@ -802,6 +863,19 @@ BAD: list[tuple[str, Mutation, str, str]] = [
     ("missing-name", deleter(v0, "name"), f"{V0}.name", "missing required key"),
     ("missing-memory", deleter(v0, "memory"), f"{V0}.memory", "missing required key"),
     ("missing-vcpus", deleter(v0, "vcpus"), f"{V0}.vcpus", "missing required key"),
+    # --- storage and shared_storage
+    ("storage-typo", setter(v0, "storage", "sharde"), f"{V0}.storage", "did you mean 'shared'?"),
+    ("storage-type", setter(v0, "storage", True), f"{V0}.storage", "must be one of local, shared"),
+    ("shared-string", lambda s: s.update(shared_storage="/x"), "shared_storage", "mapping"),
+    ("shared-key", shared("paht", "/x"), "shared_storage.paht", "did you mean 'path'?"),
+    ("shared-relative", shared("path", "vms"), "shared_storage.path", "is not an absolute path"),
+    ("shared-dotdot", shared("path", "/srv/../etc"), "shared_storage.path", "contains '..'"),
+    ("shared-root", shared("path", "//"), "shared_storage.path", "root directory"),
+    ("shared-space", shared("path", "/srv/my vms"), "shared_storage.path", "whitespace"),
+    ("shared-number", shared("path", 7), "shared_storage.path", "absolute directory path"),
+    ("shared-local", shared("path", "/var/lib/mcm/vms/"), "shared_storage.path", "local disks"),
+    ("shared-pool-mcm", shared("pool", "mcm"), "shared_storage.pool", "pool of local disks"),
+    ("shared-pool-name", shared("pool", "a/b"), "shared_storage.pool", "invalid pool name"),
 ]
 
 

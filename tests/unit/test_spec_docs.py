@@ -31,6 +31,7 @@ def table_keys(text: str) -> list[str]:
         ("Network", spec.NETWORK_KEYS),
         ("dhcp", spec.DHCP_KEYS),
         ("VM", spec.VM_KEYS),
+        ("shared_storage", spec.SHARED_STORAGE_KEYS),
     ],
 )
 def test_key_tables_match_the_validator(title, keys):
