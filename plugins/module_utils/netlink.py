@@ -35,6 +35,7 @@ stays bound to the namespace it was opened in.
 from __future__ import annotations
 
 import copy
+import errno
 import ipaddress
 import os
 import re
@@ -94,6 +95,7 @@ IFF_UP = 0x1
 AF_INET = 2
 AF_BRIDGE = 7
 NTF_SELF = 0x02
+NUD_NOARP = 0x40
 NUD_PERMANENT = 0x80
 MAIN_TABLE = 254
 RTN_UNICAST = 1
@@ -1543,6 +1545,32 @@ def read_fdb(
     return have
 
 
+def learned_fdb(messages: Iterable[Any], index: int) -> list[tuple[str, str]]:
+    """(mac, dst) of the remote entries the VXLAN device ``index`` learned: NTF_SELF with a
+    destination, neither permanent nor static (ours, the head-end replication list, are)."""
+    out = []
+    for msg in messages:
+        if msg["ifindex"] != index or not msg["flags"] & NTF_SELF:
+            continue
+        if msg["state"] & (NUD_PERMANENT | NUD_NOARP):
+            continue
+        dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
+        if dst and mac and mac.lower() != ZERO_MAC:
+            out.append((mac.lower(), dst))
+    return sorted(out)
+
+
+def _forget_learned(ipr: Any, index: int) -> None:
+    """Delete what a VXLAN device learned. The kernel keeps learned entries when learning is
+    switched off, and they would then never follow a MAC that moves to another peer."""
+    for mac, dst in learned_fdb(ipr.get_neighbours(family=AF_BRIDGE), index):
+        try:
+            ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst)
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:  # expired meanwhile: fine
+                raise
+
+
 def _apply_each(
     changes: list[Change], func: Callable[[Change], None], done: list[Change] | None = None
 ) -> None:
@@ -1682,6 +1710,8 @@ def apply_links(
             ipr.link("set", ifname=change["name"], state="down")
         if len(spec) > 1:
             ipr.link("set", **spec)
+        if vxlan.get("learning") is False:
+            _forget_learned(ipr, have[key]["_index"])
         if "state" in details:  # after mtu/master: a port comes up in its final place
             ipr.link("set", ifname=change["name"], state=details["state"]["to"])
         elif bounce:

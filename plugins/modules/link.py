@@ -88,7 +88,12 @@ options:
             type: int
             default: 4789
           learning:
-            description: Learn remote MAC addresses from received packets.
+            description:
+              - Learn remote MAC addresses from received packets.
+              - Switching it off on an existing device also deletes the remote entries the
+                device learned (the kernel keeps them, and they would never follow a MAC that
+                moves to another peer); frames to those MACs then go to every peer of the
+                head-end replication list.
             type: bool
             default: true
           local:

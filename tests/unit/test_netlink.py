@@ -475,3 +475,31 @@ def test_scope_entries_cannot_reach_another_tenant():
     assert not nl.is_ours("other", None)
     with pytest.raises(nl.NetlinkStateError, match="must start with 'mcm:'"):
         nl._check_scope(["mcm:acme/", "acme/"], None)
+
+
+class _Neigh(dict):
+    """A stand-in for pyroute2's ndmsg: item access and get_attr."""
+
+    def __init__(self, ifindex, flags, state, mac, dst=None):
+        super().__init__(ifindex=ifindex, flags=flags, state=state)
+        self.attrs = {"NDA_LLADDR": mac, "NDA_DST": dst}
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+def test_learned_fdb_entries_are_told_from_ours():
+    """What switching learning off forgets: learned remotes only, never the flood list."""
+    reachable, stale = 0x02, 0x04
+    msgs = [
+        _Neigh(7, nl.NTF_SELF, reachable, "52:54:00:AA:00:01", "172.30.1.12"),  # learned
+        _Neigh(7, nl.NTF_SELF, stale, "52:54:00:aa:00:02", "172.30.0.21"),  # learned, stale
+        _Neigh(7, nl.NTF_SELF, nl.NUD_PERMANENT, "00:00:00:00:00:00", "172.30.0.21"),  # ours
+        _Neigh(7, nl.NTF_SELF, nl.NUD_NOARP, "52:54:00:aa:00:03", "172.30.0.21"),  # static
+        _Neigh(7, 0, reachable, "52:54:00:aa:00:04"),  # the bridge's entry (master)
+        _Neigh(8, nl.NTF_SELF, reachable, "52:54:00:aa:00:05", "172.30.1.12"),  # other device
+    ]
+    assert nl.learned_fdb(msgs, 7) == [
+        ("52:54:00:aa:00:01", "172.30.1.12"),
+        ("52:54:00:aa:00:02", "172.30.0.21"),
+    ]
