@@ -26,7 +26,11 @@ def host_plans(
     groups: Mapping[str, list[str]],
     hostvars: Mapping[str, Mapping],
     placement: Mapping[str, str] | None = None,
+    *,
+    tenants: list[str] | None = None,
 ) -> dict[str, Any]:
+    if tenants is not None:
+        spec = {**spec, "tenants": [t for t in spec.get("tenants", []) if t["name"] in tenants]}
     try:
         hosts = hosts_from_inventory(clouds, groups, hostvars)
         return {name: host_plan(spec, hosts, name, placement) for name in sorted(hosts)}

@@ -52,6 +52,14 @@ def subnet_migration(
                  mode=mode)  # fmt: skip
 
 
+def migration_reversal(
+    spec: Mapping[str, Any], clouds: list[str], groups: Mapping, hostvars: Mapping, *,
+    placement: Mapping | None = None, existing: Mapping | None = None, row: Mapping,
+) -> dict[str, Any]:  # fmt: skip
+    return _call(migration_plan.migration_reversal, spec, (clouds, groups, hostvars),
+                 (placement, existing), row=row)  # fmt: skip
+
+
 def migration_line(move: Mapping[str, Any]) -> str:
     """One planned move as a line of text."""
     ip = move.get("ip") or "dynamic IP"
@@ -59,6 +67,7 @@ def migration_line(move: Mapping[str, Any]) -> str:
         f"  {move['key']} ({move['domain']}, {ip}, {move['mac']}): {move['source']} "
         f"({move['source_cloud']}) -> {move['destination']} ({move['destination_cloud']}) "
         f"via {move['destination_address']}, mode {move['mode']}"
+        + (", disk on shared storage (stays)" if move.get("storage") == "shared" else "")
     )
 
 
@@ -82,6 +91,30 @@ def migration_result(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def migration_estimate(results: list[Mapping[str, Any]]) -> list[str]:
+    """Check mode: what each planned move copies and how long it should take, as lines."""
+    lines = ["check mode: nothing was changed. Estimated migration time:"]
+    total = 0.0
+    for result in results:
+        plan = result.get("plan")
+        if not plan:
+            continue
+        memory, disks = plan.get("memory_bytes") or 0, plan.get("disk_bytes") or 0
+        seconds = float(plan.get("estimated_seconds") or 0)
+        total += seconds
+        assumed = (" (bandwidth assumed: -e bandwidth_mib=N plans with yours)"
+                   if plan.get("bandwidth_assumed") else "")  # fmt: skip
+        key = (result.get("item") or {}).get("key", "?")
+        lines.append(
+            f"  {key}: {plan.get('mode', result.get('mode'))}, "
+            f"{(memory + disks) / 1048576:.1f} MiB (memory {memory / 1048576:.1f}, disks "
+            f"{disks / 1048576:.1f}) in about {seconds:.1f} s at "
+            f"{plan.get('bandwidth_mib', '?')} MiB/s{assumed}"
+        )
+    lines.append(f"  total: about {total:.1f} s one VM after the other")
+    return lines
+
+
 def volume_names(paths: list[str]) -> list[dict[str, str]]:
     """Volume paths as multicloud.migration.vm_volume config items (by file name)."""
     return [{"name": str(p).rsplit("/", 1)[-1]} for p in paths]
@@ -92,7 +125,9 @@ class FilterModule:
         return {
             "instance_migration": instance_migration,
             "subnet_migration": subnet_migration,
+            "migration_reversal": migration_reversal,
             "migration_line": migration_line,
             "migration_result": migration_result,
+            "migration_estimate": migration_estimate,
             "volume_names": volume_names,
         }

@@ -141,8 +141,11 @@ class StateDir:
         with self.locked(write=not check_mode):
             before = self.row(row_id)
             after = {**before, **dict(fields)}
-            if after["status"] in TERMINAL and not after.get("ended"):
+            # a cold migration ends when it is finished; confirm or revert closes it later
+            if after["status"] in (*TERMINAL, "finished") and not after.get("ended"):
                 after["ended"] = now()
+            if after["status"] in ("confirmed", "reverted") and not after.get("closed"):
+                after["closed"] = now()
             changed = after != before
             if changed and not check_mode:
                 self._write(self._row_path(row_id), json.dumps(after, indent=1, sort_keys=True))

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .plan import (
+    CONSOLE_DIR,
     Host,
     PlanError,
     carriers,
@@ -48,8 +49,13 @@ def _merged(base: Mapping[str, dict], **extra: Mapping[str, Any]) -> dict[str, d
     return out
 
 
-def _plans(spec: Mapping, hosts: Mapping[str, Host], placement: Mapping) -> dict[str, Any]:
-    return {name: host_plan(spec, hosts, name, placement) for name in sorted(hosts)}
+def _plans(
+    spec: Mapping, hosts: Mapping[str, Host], placement: Mapping, tenant: str
+) -> dict[str, Any]:
+    """Every host's plan for ``tenant`` only: a migration converges its own tenant and
+    never touches another's networks (which may be mid-migration themselves)."""
+    own = {**spec, "tenants": [t for t in spec.get("tenants", []) if t["name"] == tenant]}
+    return {name: host_plan(own, hosts, name, placement) for name in sorted(hosts)}
 
 
 def _running(existing: Mapping[str, list[Mapping]], domain: str) -> list[str]:
@@ -90,7 +96,15 @@ def _move(
     hosts: Mapping[str, Host], where: tuple[str, Mapping, Mapping], src: str, dst: str, mode: str
 ) -> dict[str, Any]:
     tenant, net, vm = where
-    return {
+    storage = vm.get("storage") or "local"
+    if mode == "live" and storage != "shared":
+        raise PlanError(
+            f"mode=live moves memory only and needs the disk on shared storage: VM "
+            f"{tenant}/{vm['name']} has storage {storage}; use mode live-block (copies the "
+            "disk while the VM runs), cold or auto, or declare 'storage: shared' for the VM "
+            "(docs/migration.md)"
+        )
+    move = {
         "tenant": tenant,
         "network": net["name"],
         "vm": vm["name"],
@@ -106,7 +120,16 @@ def _move(
         "destination_cloud": hosts[dst].cloud,
         "destination_address": _address(hosts, src, dst),
         "mode": mode,
+        "storage": storage,
+        "console_dir": CONSOLE_DIR,
     }
+    if storage == "shared":
+        # vm_migrate: the disk is under shared_paths, so auto picks live and nothing is
+        # copied; the destination gets the shared pool (so its vm module finds the volume).
+        move["pool"] = vm["storage_pool"]
+        move["pool_path"] = vm["storage_path"]
+        move["shared_paths"] = [vm["storage_path"]]
+    return move
 
 
 def _network_facts(
@@ -193,9 +216,9 @@ def instance_migration(
         "record": {"vms": {key: dst}},
         "revert_record": {"vms": {key: before["vms"].get(key)}},
         "plans": {
-            "before": _plans(spec, hosts, before),
-            "mid": _plans(spec, hosts, mid),
-            "final": _plans(spec, hosts, final),
+            "before": _plans(spec, hosts, before, t["name"]),
+            "mid": _plans(spec, hosts, mid, t["name"]),
+            "final": _plans(spec, hosts, final, t["name"]),
         },
     }
 
@@ -216,6 +239,13 @@ def subnet_migration(
     before = normalize_placement(placement)
     found = []
     by_name = "/" in subnet and not subnet.replace("/", "").replace(".", "").isdigit()
+    if "/" not in subnet and not subnet.replace(".", "").isdigit():
+        # a bare network name (AWX's survey asks tenant and network apart)
+        if not tenant:
+            raise PlanError(
+                f"subnet={subnet!r}: give the tenant too (-e tenant=T) or TENANT/NETWORK"
+            )
+        subnet, by_name = f"{tenant}/{subnet}", True
     if not by_name:
         try:
             cidr = str(ipaddress.ip_network(subnet, strict=False))
@@ -233,6 +263,10 @@ def subnet_migration(
                 found.append((t, n))
     if not found:
         raise PlanError(f"no present network {subnet}" + (f" of tenant {tenant}" if tenant else ""))
+    if len(found) > 1:
+        # the same CIDR in several tenants: only one of them may not be on `to` yet
+        away = [(t, n) for t, n in found if home_cloud(before, t["name"], n) != to]
+        found = away if len(away) == 1 else found
     if len(found) > 1:
         names = ", ".join(f"{t['name']}/{n['name']}" for t, n in found)
         raise PlanError(f"subnet {subnet} is used by {names}: name one as TENANT/NETWORK")
@@ -291,9 +325,105 @@ def subnet_migration(
             "vms": {k: before["vms"].get(k) for k in vm_keys},
         },
         "plans": {
-            "before": _plans(spec, hosts, before),
-            "mid": _plans(spec, hosts, mid),
-            "overlap": _plans(spec, hosts, overlap),
-            "final": _plans(spec, hosts, final),
+            "before": _plans(spec, hosts, before, tname),
+            "mid": _plans(spec, hosts, mid, tname),
+            "overlap": _plans(spec, hosts, overlap, tname),
+            "final": _plans(spec, hosts, final, tname),
         },
+    }
+
+
+def _spec_network(spec: Mapping[str, Any], tenant: str, name: str) -> Mapping[str, Any]:
+    for t in spec.get("tenants", []):
+        if t["name"] == tenant:
+            for n in t["networks"]:
+                if n["name"] == name:
+                    return n
+    raise PlanError(f"network {tenant}/{name} is no longer in the spec")
+
+
+def migration_reversal(
+    spec: Mapping[str, Any],
+    hosts: Mapping[str, Host],
+    placement: Mapping[str, Any] | None,
+    existing: Mapping[str, list[Mapping]],
+    *,
+    row: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What confirm_migration.yml and revert_migration.yml do with a finished cold migration.
+
+    ``row`` is the ledger row. Its VMs moved cold keep a shut-off copy on their source host:
+    confirm deletes it, revert deletes the destination's copy, gives the network its
+    placement before the migration back (``placement_before``) and starts the source copy.
+    VMs the row moved live cannot be reverted here (they have no source copy any more).
+    Both are idempotent: a copy already deleted counts as done.
+    """
+    results = {r.get("vm"): r for r in row.get("results") or []}
+    moved = [m for m in row.get("vms") or [] if results.get(m["key"], {}).get("status") == "moved"]
+    cold = [m for m in moved if results[m["key"]].get("mode") == "cold"]
+    names = _names(existing)
+    now = normalize_placement(placement)
+    after = _merged(now, **{k: v for k, v in (row.get("placement_before") or {}).items() if v})
+    vms = []
+    for m in cold:
+        on_src = [d for d in existing.get(m["source"], []) if d.get("name") == m["domain"]]
+        on_dst = [d for d in existing.get(m["destination"], []) if d.get("name") == m["domain"]]
+        vms.append({
+            **m,
+            "source_state": on_src[0].get("state") if on_src else "absent",
+            "destination_state": on_dst[0].get("state") if on_dst else "absent",
+        })  # fmt: skip
+    tenant = row.get("tenant") or ""
+    if row.get("kind") == "subnet":
+        net_name = str(row.get("object", "")).split("/", 1)[-1]
+    else:
+        net_name = cold[0]["network"] if cold else (moved[0]["network"] if moved else "")
+    network: dict[str, Any] = {}
+    if net_name:
+        net = _spec_network(spec, tenant, net_name)
+        network = {
+            "now": _network_facts(hosts, now, tenant, net),
+            "after": _network_facts(hosts, after, tenant, net),
+        }
+    lines = {
+        "confirm": [
+            f"  {v['key']} ({v['domain']}): delete the source copy on {v['source']} "
+            f"({v['source_state']}); it runs on {v['destination']} ({v['destination_state']})"
+            for v in vms
+        ],
+        "revert": [
+            f"  {v['key']} ({v['domain']}): delete the copy on {v['destination']} "
+            f"({v['destination_state']}), start the source copy on {v['source']} "
+            f"({v['source_state']})"
+            for v in vms
+        ],
+    }
+    if network and network["now"]["home"] != network["after"]["home"]:
+        lines["revert"].append(
+            f"  network {network['now']['key']}: DHCP and gateway {network['now']['home']} "
+            f"-> {network['after']['home']} (lease file {network['now']['network_node']} -> "
+            f"{network['after']['network_node']})"
+        )
+    remove: dict[str, dict[str, list[dict[str, str]]]] = {"confirm": {}, "revert": {}}
+    for v in vms:
+        for action, side in (("confirm", "source"), ("revert", "destination")):
+            if v[f"{side}_state"] != "absent":
+                gone = {"name": v["domain"], "state": "absent"}
+                if v.get("storage") == "shared":  # both copies use the one shared disk: keep it
+                    gone["disk"] = f"{v['pool_path']}/{v['domain']}.qcow2"
+                remove[action].setdefault(v[side], []).append(gone)
+    return {
+        "lines": lines,
+        "remove": remove,
+        "id": row.get("id"),
+        "kind": row.get("kind"),
+        "object": row.get("object"),
+        "tenant": tenant,
+        "status": row.get("status"),
+        "vms": vms,
+        "live_moved": [m["key"] for m in moved if m not in cold],
+        "network": network,
+        "existing": names,
+        "placement": {"now": now, "after": after},
+        "plans": {"after": _plans(spec, hosts, after, tenant)},
     }

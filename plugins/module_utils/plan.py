@@ -27,6 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Where the VMs' serial console sockets and logs live on every host (vm_plans).
+CONSOLE_DIR = "/var/lib/mcm/console"
+
 VXLAN_PORT = 4789
 VXLAN_OVERHEAD = 50
 UNDERLAY_MTU = 1500
@@ -235,6 +238,21 @@ def gateway_clouds(placement: Mapping[str, dict], tenant: str, net: Mapping[str,
     return [home, *sorted(set(extra) - {home})]
 
 
+def vxlan_learning(placement: Mapping[str, dict], tenant: str, net: Mapping[str, Any]) -> bool:
+    """Whether a network's VXLAN devices learn remote MACs: not while a migration stretches
+    it (placement ``stretch``).
+
+    Without learning, a frame to a MAC behind the VXLAN goes to every carrier (head-end
+    replication), so it reaches a moving VM wherever it runs from the moment its
+    destination announces it. With learning, the kernel moves a learned entry to the new
+    peer in place but keeps the route it cached for the old one: when the old peer was
+    reached over the underlay and the new one over the WAN, the frames go out of the
+    underlay interface to an address nobody answers there, lost until the host's routing
+    changes for some other reason (seconds to minutes; docs/migration.md).
+    """
+    return f"{tenant}/{net['name']}" not in placement["stretch"]
+
+
 def transit_address(hosts: Mapping[str, Host], cloud: str) -> str:
     """A cloud's router address on its tenants' transit segments (by cloud name order)."""
     clouds = sorted({h.cloud for h in hosts.values()})
@@ -319,7 +337,11 @@ def host_plan(
                 "master": bridge,
                 "state": "up",
                 "owner": tag,
-                "vxlan": {"id": net["vni"], "port": VXLAN_PORT, "learning": True},
+                "vxlan": {
+                    "id": net["vni"],
+                    "port": VXLAN_PORT,
+                    "learning": vxlan_learning(placement, tname, net),
+                },
             }
         )
         peers = fdb.setdefault(vxlan, set())
@@ -463,7 +485,7 @@ def vm_plans(
     *,
     boot: Mapping[str, Mapping | None] | None = None,
     placement: Mapping[str, str] | None = None,
-    console_dir: str = "/var/lib/mcm/console",
+    console_dir: str = CONSOLE_DIR,
 ) -> dict[str, dict[str, Any]]:
     """Place every present VM on a host of its network's cloud; return each host's VMs.
 
@@ -496,13 +518,14 @@ def vm_plans(
             if vm.get("state", "present") != "present":
                 continue
             name = vm["domain_name"]
-            pinned, cloud = vm_target(placement, hosts, tenant["name"], vm)
-            cloud = cloud or home
+            pinned, placed = vm_target(placement, hosts, tenant["name"], vm)
+            cloud = placed or home
             members = cloud_hosts(hosts, cloud)
             names = [m.name for m in members]
             if pinned is not None:  # the placement record (a migration) wins
                 chosen[name] = pinned
-            elif vm.get("host"):
+            elif vm.get("host") and (placed is None or vm["host"] in names):
+                # a VM the record moved to another cloud leaves its spec host behind
                 if vm["host"] not in names:
                     problems.append(
                         f"vm {tenant['name']}/{vm['name']}: host {vm['host']} is not in cloud "
@@ -550,6 +573,11 @@ def _vm_config(
     }
     if vm.get("image"):
         config["image"] = vm["image"]
+    if vm.get("storage") == "shared":
+        # The disk lives in the shared pool (the same directory on every host): created
+        # once, visible wherever the VM runs; a live migration moves its memory only.
+        config["pool"] = vm["storage_pool"]
+        config["pool_path"] = vm["storage_path"]
     host_boot = boot.get(host)
     if host_boot:
         config["boot"] = {

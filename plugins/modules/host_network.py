@@ -330,44 +330,45 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: A small plan written by hand - one network of tenant ex-acme, DHCP only
+  multicloud.migration.host_network:
+    plan:
+      tenants: [ex-acme]
+      scopes: ["mcm:ex-acme/"]
+      namespace_scopes: [qdhcp-ex-acme., qrouter-ex-acme]
+      dhcp_scopes: [qdhcp-ex-acme.]
+      netns:
+        - name: qdhcp-ex-acme.web
+      links:
+        - {name: brq-3901, kind: bridge, mtu: 1450, owner: "mcm:ex-acme/web"}
+        - name: dhb-3901
+          kind: veth
+          master: brq-3901
+          mtu: 1450
+          owner: "mcm:ex-acme/web"
+          peer: {name: dhn-3901, namespace: qdhcp-ex-acme.web}
+        - {name: lo, kind: device, namespace: qdhcp-ex-acme.web, state: up}
+      addresses:
+        - {namespace: qdhcp-ex-acme.web, interface: dhn-3901, addresses: [10.10.1.2/24]}
+      dnsmasq:
+        - name: qdhcp-ex-acme.web
+          namespace: qdhcp-ex-acme.web
+          interface: dhn-3901
+          server: 10.10.1.2
+          subnet: 10.10.1.0/24
+          range: [10.10.1.100, 10.10.1.200]
+          domain: web.ex-acme
+  register: ex_acme_network
+
 - name: Converge this host's tenant networks to the plan load_spec computed
   multicloud.migration.host_network:
     plan: "{{ hostvars.localhost.mcm_plans[inventory_hostname] }}"
 
-- name: Remove everything tenant acme has on this host
+- name: Remove everything tenant ex-acme has on this host
   multicloud.migration.host_network:
-    plan: "{{ (['acme'] | multicloud.migration.removal_plans(hosts=[inventory_hostname]))[inventory_hostname] }}"
-
-- name: A small plan written by hand - one network of tenant acme, DHCP only
-  multicloud.migration.host_network:
-    plan:
-      tenants: [acme]
-      scopes: ["mcm:acme/"]
-      namespace_scopes: [qdhcp-acme., qrouter-acme]
-      dhcp_scopes: [qdhcp-acme.]
-      netns:
-        - name: qdhcp-acme.web
-      links:
-        - {name: brq-1001, kind: bridge, mtu: 1450, owner: "mcm:acme/web"}
-        - name: dhb-1001
-          kind: veth
-          master: brq-1001
-          mtu: 1450
-          owner: "mcm:acme/web"
-          peer: {name: dhn-1001, namespace: qdhcp-acme.web}
-        - {name: lo, kind: device, namespace: qdhcp-acme.web, state: up}
-      addresses:
-        - {namespace: qdhcp-acme.web, interface: dhn-1001, addresses: [10.10.1.2/24]}
-      dnsmasq:
-        - name: qdhcp-acme.web
-          namespace: qdhcp-acme.web
-          interface: dhn-1001
-          server: 10.10.1.2
-          subnet: 10.10.1.0/24
-          range: [10.10.1.100, 10.10.1.200]
-          domain: web.acme
-  register: acme_network
+    plan: "{{ (['ex-acme'] | multicloud.migration.removal_plans(hosts=[inventory_hostname]))[inventory_hostname] }}"
 """
+
 
 RETURN = r"""
 resources:

@@ -17,7 +17,7 @@ description:
     says where migrated networks (C(tenant/network) to cloud) and VMs (C(tenant/vm) to
     host) live now; C(create_infra.yml) reads it so that it never moves them back.
   - O(action=start) adds a row (status C(running)) and returns it with its new id;
-    O(action=update) merges O(fields) into row O(id) (a terminal status sets C(ended));
+    O(action=update) merges O(fields) into row O(id) (a terminal status, or C(finished), sets C(ended); C(confirmed) and C(reverted) also set C(closed));
     O(action=gather) only reads. O(placement) entries are merged with any action, a null
     value removes an entry.
   - Writes are atomic and serialised by a lock file, so concurrent playbooks are safe.

@@ -36,6 +36,14 @@ options:
     description: libvirt connection URI.
     type: str
     default: qemu:///system
+  destination_uri:
+    description:
+      - libvirt URI of the migration's destination (as C(multicloud.migration.vm_migrate)
+        uses it, e.g. C(qemu+tls://172.30.0.21/system)). When given and the job still runs
+        a few seconds after O(state=aborted) sent C(virDomainAbortJob) (libvirt can ignore
+        it while disks are mirrored), the paused incoming domain there is destroyed, which
+        ends the migration; the VM keeps running here.
+    type: str
 extends_documentation_fragment:
   - multicloud.migration._attributes
 notes:
@@ -80,9 +88,21 @@ except ImportError:
     HAS_LIBVIRT = False
 
 from ansible_collections.multicloud.migration.plugins.module_utils.libvirt_migrate import (
+    ABORTS_BEFORE_KILL,
     active_job,
     progress_sample,
 )
+
+
+def kill_incoming(module: AnsibleModule, name: str, uri: str) -> None:
+    """Destroy the paused incoming domain of a migration on its destination."""
+    try:
+        dst = libvirt.open(uri)
+        incoming = dst.lookupByName(name)
+        if incoming.isActive():
+            incoming.destroy()
+    except libvirt.libvirtError as exc:
+        module.warn(f"{name}: could not destroy the incoming domain on {uri}: {exc}")
 
 
 def main() -> None:
@@ -92,6 +112,7 @@ def main() -> None:
             "state": {"type": "str", "choices": ["gathered", "aborted"], "default": "gathered"},
             "timeout": {"type": "float", "default": 60},
             "uri": {"type": "str", "default": "qemu:///system"},
+            "destination_uri": {"type": "str"},
         },
         supports_check_mode=True,
     )
@@ -113,12 +134,16 @@ def main() -> None:
     if module.check_mode:
         module.exit_json(changed=True, exists=True, job=job)
     deadline = time.monotonic() + module.params["timeout"]
+    attempts = 0
     while active_job(dom) is not None:
         try:
             dom.abortJob()
         except libvirt.libvirtError as exc:
             if active_job(dom) is not None and time.monotonic() > deadline:
                 module.fail_json(msg=f"{name}: abortJob failed: {exc}", job=job)
+        attempts += 1
+        if attempts == ABORTS_BEFORE_KILL and module.params["destination_uri"]:
+            kill_incoming(module, name, module.params["destination_uri"])
         if time.monotonic() > deadline:
             module.fail_json(
                 msg=f"{name}: the job still runs {module.params['timeout']} s after abortJob",

@@ -13,7 +13,7 @@ import json
 import pytest
 import yaml
 
-from conftest import ansible_json, run
+from conftest import ansible_json, console, run
 
 pytestmark = pytest.mark.lab
 
@@ -101,11 +101,15 @@ def test_check_mode_plans_and_changes_nothing(env, hosts):
 
 def test_instance_live_block_keeps_ip_and_mac_and_stays_put(env, hosts):
     mac = hosts["mcm-a1"].run("virsh domiflist %s", DOMAIN).stdout.split()[-1]
+    [out] = console("mcm-a1", DOMAIN, f"echo {DOMAIN}-marker > /mnt/disk/marker && sync")
+    assert out["rc"] == 0, out
     rc, data = playbook(env, "migrate_instance.yml", "-e", "instance=w1", "-e", "to=cloud_b",
                         "-e", "mode=live-block")  # fmt: skip
     assert rc == 0, json.dumps(data)[-3000:]
     assert where(hosts) == {"mcm-b1": "running"}
     assert hosts["mcm-b1"].run("virsh domiflist %s", DOMAIN).stdout.split()[-1] == mac
+    [out] = console("mcm-b1", DOMAIN, "cat /mnt/disk/marker")
+    assert out["out"] == f"{DOMAIN}-marker", "the disk was mirrored with what the guest wrote"
     # the same IP answers from its DHCP namespace in cloud_a (network stretched over the WAN)
     assert pings_from(hosts["mcm-a1"], "qdhcp-mgp.web", IP)
     [row] = ledger(env)

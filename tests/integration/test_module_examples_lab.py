@@ -310,8 +310,32 @@ def verify_tenant_spec(results: dict[str, dict], _hosts: dict) -> None:
     assert spec["problems"] == [] and spec["summary"]["networks"] > 0
 
 
+def host_network_setup() -> list[dict]:
+    """The plan load_spec would compute: the hand-written plan of the first example."""
+    plan = args_of(examples("host_network")[0], "host_network")["plan"]
+    return [
+        {
+            "name": "setup: mcm_plans on the controller",
+            "ansible.builtin.set_fact": {"mcm_plans": {HOST: plan}},
+            "delegate_to": "localhost",
+            "delegate_facts": True,
+        }
+    ]
+
+
+def verify_host_network(results: dict[str, dict], hosts: dict) -> None:
+    made = results["A small plan written by hand - one network of tenant ex-acme, DHCP only"]
+    assert made["changed"]
+    same = results["Converge this host's tenant networks to the plan load_spec computed"]
+    assert not same["changed"], same
+    gone = results["Remove everything tenant ex-acme has on this host"]
+    assert gone["changed"]
+    assert sh(hosts[HOST], LEFT_OVER).strip() == ""
+
+
 RUNNERS: dict[str, Runner] = {
     "netns": Runner(),
+    "host_network": Runner(setup_tasks=host_network_setup, verify=verify_host_network),
     "link": Runner(
         setup={HOST: "ip netns add qdhcp-ex-acme.web"}, play_vars=link_vars, verify=verify_link
     ),
@@ -382,7 +406,8 @@ def playbook(module: str, runner: Runner) -> tuple[list[dict], list[tuple[str, s
         tasks.append(task)
         kinds.append(("example", task["name"]))
         # a new ledger row (migration_record action=start) is a change by design
-        if fqcn in task and not task.get("check_mode") and task[fqcn].get("action") != "start":
+        args = task.get(fqcn) or {}
+        if fqcn in task and not task.get("check_mode") and args.get("action") != "start":
             again = {k: copy.deepcopy(v) for k, v in task.items() if k != "register"}
             again["name"] = f"{task['name']} (again)"
             tasks.append(again)

@@ -326,9 +326,134 @@ def test_subnet_move_make_before_break():
     assert _routes(a1f, "qrouter-acme") == _routes(a1, "qrouter-acme")
 
 
+def test_vxlan_learning_is_off_while_a_migration_stretches_the_network():
+    """A learned entry that follows a VM from an underlay peer to a WAN peer keeps the old
+    route in the kernel: while a network is stretched, its VXLAN devices flood instead."""
+    normal = example()
+    web, db = net(normal, "acme", "web"), net(normal, "acme", "db")
+    mid = {"stretch": {"acme/web": ["mcm-a1", "mcm-a2", "mcm-b1"]}}
+    overlap = {"networks": {"acme/web": "cloud_b"}, "gateways": {"acme/web": ["cloud_a"]},
+               "stretch": {"acme/web": ["mcm-a1", "mcm-a2"]}}  # fmt: skip
+    for placement, hosts_of_web in ((mid, ("mcm-a1", "mcm-a2", "mcm-b1")),
+                                    (overlap, ("mcm-a1", "mcm-a2", "mcm-b1"))):  # fmt: skip
+        for host in hosts_of_web:
+            p = plan.host_plan(normal, hosts(), host, placement=placement)
+            assert _link(p, web["vxlan"])["vxlan"]["learning"] is False, host
+        a1 = plan.host_plan(normal, hosts(), "mcm-a1", placement=placement)
+        assert _link(a1, db["vxlan"])["vxlan"]["learning"] is True  # not moving
+    for placement, host in (({}, "mcm-a1"), ({"networks": {"acme/web": "cloud_b"}}, "mcm-b1"),
+                            ({"vms": {"acme/web1": "mcm-b1"}}, "mcm-b1")):  # fmt: skip
+        p = plan.host_plan(normal, hosts(), host, placement=placement)
+        assert _link(p, web["vxlan"])["vxlan"]["learning"] is True, placement
+
+
 def test_placement_errors_name_the_entry():
     normal = example()
     with pytest.raises(plan.PlanError, match="unknown key"):
         plan.host_plan(normal, hosts(), "mcm-a1", placement={"acme/web": "cloud_b"})
     with pytest.raises(plan.PlanError, match="acme/web1 is placed on 'nowhere'"):
         plan.host_plan(normal, hosts(), "mcm-a1", placement={"vms": {"acme/web1": "nowhere"}})
+
+
+def _shared_example(*names: str):
+    data = spec.load_spec_text((ROOT / "docs/examples/tenants.yml").read_text())
+    for vm in data["tenants"][0]["networks"][0]["vms"]:
+        if vm["name"] in names:
+            vm["storage"] = "shared"
+    return spec.normalize(data, clouds=GROUPS)
+
+
+def test_a_shared_storage_vm_gets_the_shared_pool_local_ones_the_default():
+    plans = plan.vm_plans(_shared_example("web1"), hosts(), {"mcm-a1": ["acme-web1"]})
+    web1 = next(v for v in plans["mcm-a1"]["vms"] if v["name"] == "acme-web1")
+    assert (web1["pool"], web1["pool_path"]) == ("mcm-shared", "/var/lib/mcm/shared/vms")
+    others = [v for p in plans.values() for v in p["vms"] if v["name"] != "acme-web1"]
+    assert others and all("pool" not in v and "pool_path" not in v for v in others)
+    # the same pool wherever the placement puts it (a migrated VM)
+    moved = plan.vm_plans(_shared_example("web1"), hosts(), {},
+                          placement={"vms": {"acme/web1": "mcm-b1"}})  # fmt: skip
+    [on_b1] = [v for v in moved["mcm-b1"]["vms"] if v["name"] == "acme-web1"]
+    assert on_b1["pool"] == "mcm-shared"
+
+
+def _migration_plan():
+    from ansible_collections.multicloud.migration.plugins.module_utils import migration_plan
+
+    return migration_plan
+
+
+RUNNING = {"mcm-a1": [{"name": "acme-web1", "state": "running"},
+                      {"name": "acme-web2", "state": "running"}]}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["auto", "live"])
+def test_an_instance_move_carries_its_shared_storage(mode):
+    mp = _migration_plan()
+    out = mp.instance_migration(_shared_example("web1"), hosts(), {}, RUNNING,
+                                instance="web1", to="cloud_b", mode=mode)  # fmt: skip
+    [move] = out["moves"]
+    assert (move["source"], move["destination"], move["mode"]) == ("mcm-a1", "mcm-b1", mode)
+    assert move["storage"] == "shared"
+    # vm_migrate: the disk is under shared_paths (auto picks live, nothing is copied) and
+    # the destination gets the shared pool
+    assert move["shared_paths"] == ["/var/lib/mcm/shared/vms"]
+    assert (move["pool"], move["pool_path"]) == ("mcm-shared", "/var/lib/mcm/shared/vms")
+
+
+def test_a_local_instance_move_keeps_the_module_defaults():
+    mp = _migration_plan()
+    out = mp.instance_migration(_shared_example(), hosts(), {}, RUNNING,
+                                instance="web1", to="cloud_b", mode="live-block")  # fmt: skip
+    [move] = out["moves"]
+    assert move["storage"] == "local"
+    assert not {"pool", "pool_path", "shared_paths"} & set(move)
+
+
+def test_live_is_refused_for_a_local_disk_before_anything_moves():
+    mp = _migration_plan()
+    with pytest.raises(plan.PlanError, match=r"mode=live .* VM acme/web1 has storage local"):
+        mp.instance_migration(_shared_example(), hosts(), {}, RUNNING,
+                              instance="web1", to="cloud_b", mode="live")  # fmt: skip
+    # a subnet with one local VM cannot move live either; auto decides per VM
+    with pytest.raises(plan.PlanError, match="VM acme/web2 has storage local"):
+        mp.subnet_migration(_shared_example("web1"), hosts(), {}, RUNNING,
+                            subnet="acme/web", to="cloud_b", mode="live")  # fmt: skip
+    out = mp.subnet_migration(_shared_example("web1"), hosts(), {}, RUNNING,
+                              subnet="acme/web", to="cloud_b")  # fmt: skip
+    assert {m["vm"]: m["storage"] for m in out["moves"]} == {"web1": "shared", "web2": "local"}
+
+
+def test_confirming_a_cold_move_of_a_shared_vm_keeps_its_disk():
+    mp = _migration_plan()
+    normal = _shared_example("web1")
+    out = mp.instance_migration(normal, hosts(), {}, RUNNING, instance="web1", to="cloud_b")
+    [move] = out["moves"]
+    row = {"id": 1, "kind": "instance", "object": "acme/web1", "tenant": "acme",
+           "status": "finished", "vms": [move],
+           "results": [{"vm": "acme/web1", "status": "moved", "mode": "cold"}]}  # fmt: skip
+    existing = {"mcm-a1": [{"name": "acme-web1", "state": "shutoff"}],
+                "mcm-b1": [{"name": "acme-web1", "state": "running"}]}  # fmt: skip
+    reversal = mp.migration_reversal(normal, hosts(), out["placement"]["final"], existing, row=row)
+    disk = "/var/lib/mcm/shared/vms/acme-web1.qcow2"
+    # the vm module leaves a disk given by path: only the domain goes
+    assert reversal["remove"]["confirm"] == {
+        "mcm-a1": [{"name": "acme-web1", "state": "absent", "disk": disk}]
+    }
+    assert reversal["remove"]["revert"] == {
+        "mcm-b1": [{"name": "acme-web1", "state": "absent", "disk": disk}]
+    }
+
+
+def test_a_vm_pinned_by_the_spec_can_be_moved_to_another_cloud():
+    data = spec.load_spec_text((ROOT / "docs/examples/tenants.yml").read_text())
+    data["tenants"][0]["networks"][0]["vms"][0]["host"] = "mcm-a2"
+    normal = spec.normalize(data, clouds=GROUPS)
+    # the placement record (cloud_b) overrides the spec's host; in its cloud the pin holds
+    moved = plan.vm_plans(normal, hosts(), {}, placement={"vms": {"acme/web1": "cloud_b"}})
+    assert "acme-web1" in vms_of(moved)["mcm-b1"]
+    back = plan.vm_plans(normal, hosts(), {}, placement={"vms": {"acme/web1": "cloud_a"}})
+    assert "acme-web1" in vms_of(back)["mcm-a2"]
+    running = {"mcm-a2": [{"name": "acme-web1", "state": "running"}]}
+    out = _migration_plan().instance_migration(normal, hosts(), {}, running, instance="web1",
+                                               to="cloud_b")  # fmt: skip
+    assert [(m["source"], m["destination"]) for m in out["moves"]] == [("mcm-a2", "mcm-b1")]
