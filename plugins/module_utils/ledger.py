@@ -215,6 +215,13 @@ def open_rows(rows: list[Mapping[str, Any]], tenant: str | None = None) -> list[
     ]
 
 
+def mode_text(row: Mapping[str, Any]) -> str:
+    """The row's mode; for auto, also the modes it chose (``auto:live-block``)."""
+    asked = str(row.get("mode"))
+    used = sorted({str(r["mode"]) for r in row.get("results") or [] if r.get("mode")})
+    return f"{asked}:{'+'.join(used)}" if asked == "auto" and used else asked
+
+
 def table(rows: list[Mapping[str, Any]]) -> list[str]:
     """The ledger as text lines (playbooks/migrations.yml)."""
     head = ("ID", "KIND", "OBJECT", "SOURCE", "DESTINATION", "MODE", "STATUS", "STARTED",
@@ -229,7 +236,7 @@ def table(rows: list[Mapping[str, Any]]) -> list[str]:
         mib = "" if r.get("bytes") is None else f"{r['bytes'] / 1048576:.1f}"
         down = "" if r.get("downtime_ms") is None else str(r["downtime_ms"])
         lines.append((str(r["id"]), str(r.get("kind")), str(r.get("object")),
-                      str(r.get("source")), str(r.get("destination")), str(r.get("mode")),
+                      str(r.get("source")), str(r.get("destination")), mode_text(r),
                       str(r.get("status")), str(r.get("started", ""))[:19], seconds, mib,
                       down))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]

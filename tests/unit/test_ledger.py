@@ -89,3 +89,11 @@ def test_table_lines_up_the_columns(state):
     assert line.split()[:3] == ["1", "instance", "acme/web1"]
     assert line.split()[-2:] == ["3.0", "42"]
     assert head.index("STATUS") == line.index("completed")
+
+
+def test_table_names_the_modes_auto_chose(state):
+    row = state.start({"kind": "subnet", "object": "acme/web", "mode": "auto"})
+    assert ledger.table(state.rows())[1].split()[5] == "auto"
+    results = [{"key": "acme/web1", "mode": "live-block"}, {"key": "acme/web2", "mode": "live"}]
+    state.update(row["id"], {"status": "completed", "results": results})
+    assert ledger.table(state.rows())[1].split()[5] == "auto:live+live-block"
