@@ -264,9 +264,10 @@ def subnet_migration(
     if not found:
         raise PlanError(f"no present network {subnet}" + (f" of tenant {tenant}" if tenant else ""))
     if len(found) > 1:
-        # the same CIDR in several tenants: only one of them may not be on `to` yet
+        # the same CIDR in several tenants: only one of them may not be on `to` yet; when
+        # all are there already (a re-run), the first one is planned (nothing moves)
         away = [(t, n) for t, n in found if home_cloud(before, t["name"], n) != to]
-        found = away if len(away) == 1 else found
+        found = away if len(away) == 1 else found[:1] if not away else found
     if len(found) > 1:
         names = ", ".join(f"{t['name']}/{n['name']}" for t, n in found)
         raise PlanError(f"subnet {subnet} is used by {names}: name one as TENANT/NETWORK")

@@ -73,6 +73,17 @@ def test_subnet_by_cidr_name_or_tenant_and_name():
     towards_a = mp.subnet_migration(example(), hosts(), {}, RUNNING, subnet="10.10.1.0/24",
                                     to="cloud_a")  # fmt: skip
     assert towards_a["object"] == "globex/app"
+    # run again after the move: both are on cloud_b, nothing moves
+    moved = {
+        "mcm-a1": [{"name": "acme-db1", "state": "running"}],
+        "mcm-b1": [
+            {"name": n, "state": "running"} for n in ("globex-app1", "acme-web1", "acme-web2")
+        ],
+    }
+    placed = {"networks": {"acme/web": "cloud_b"}, "vms": {}}
+    again = mp.subnet_migration(example(), hosts(), placed, moved, subnet="10.10.1.0/24",
+                                to="cloud_b")  # fmt: skip
+    assert again["noop"] and again["moves"] == []
 
 
 def test_subnet_move_records_the_network_and_lets_vms_follow():
