@@ -179,6 +179,11 @@ def instance_migration(
         names = ", ".join(t["name"] for t, _n, _v in found)
         raise PlanError(f"VM {instance!r} exists in tenants {names}: add -e tenant=T")
     t, net, vm = found[0]
+    if vm.get("adopted"):
+        raise PlanError(
+            f"VM {t['name']}/{instance} is adopted (domain {vm['domain_name']}, not created by "
+            "this collection): it is not migrated (docs/gather.md)"
+        )
     running = _running(existing, vm["domain_name"])
     if not running:
         raise PlanError(
@@ -280,6 +285,13 @@ def subnet_migration(
     tname, net_key = t["name"], f"{t['name']}/{net['name']}"
     old_home = home_cloud(before, tname, net)
     present = [v for v in net["vms"] if v.get("state", "present") == "present"]
+    adopted = [v["name"] for v in present if v.get("adopted")]
+    if adopted:
+        raise PlanError(
+            f"network {net_key} has adopted VM(s) {', '.join(adopted)} (domains not created by "
+            "this collection, which it does not migrate): move or remove them first "
+            "(docs/gather.md)"
+        )
     vm_keys = [f"{tname}/{v['name']}" for v in present]
     final = _merged(before, networks={net_key: to}, vms=dict.fromkeys(vm_keys))
     noop = old_home == to and all(

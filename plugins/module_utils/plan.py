@@ -368,8 +368,12 @@ def host_plan(
             addresses[(ns, ns_leg)] = [f"{net['dhcp']['server']}/{prefix}"]
             if net["gateway"] and net["routed"]:
                 routes[ns] = [{"dst": "default", "gateway": net["gateway"]}]
+            # An adopted VM (a domain the collection did not create) may not use DHCP at
+            # all: its reservation is served, nobody waits for its lease.
             clients.update(
-                vm["mac"] for vm in net["vms"] if vm.get("state", "present") == "present"
+                vm["mac"]
+                for vm in net["vms"]
+                if vm.get("state", "present") == "present" and not vm.get("adopted")
             )
             dnsmasq.append(
                 {
@@ -515,7 +519,8 @@ def vm_plans(
     for tenant, net in _present_networks(spec):
         home = home_cloud(placement, tenant["name"], net)
         for vm in net["vms"]:
-            if vm.get("state", "present") != "present":
+            # An adopted VM is recorded, never placed or converged (docs/spec.md).
+            if vm.get("state", "present") != "present" or vm.get("adopted"):
                 continue
             name = vm["domain_name"]
             pinned, placed = vm_target(placement, hosts, tenant["name"], vm)

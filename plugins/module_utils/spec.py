@@ -67,7 +67,12 @@ TOP_KEYS = ("tenants", "shared_storage")
 TENANT_KEYS = ("name", "networks", "state")
 NETWORK_KEYS = ("name", "cloud", "subnet", "gateway", "mode", "vni", "dhcp", "vms", "state")
 DHCP_KEYS = ("enabled", "range", "domain")
-VM_KEYS = ("name", "vcpus", "memory", "disk", "ip", "image", "host", "storage", "state")
+VM_KEYS = (
+    "name", "vcpus", "memory", "disk", "ip", "image", "host", "storage", "state",
+    "adopted", "mac", "domain_name",
+)  # fmt: skip
+# Keys only an adopted VM (an existing domain the collection leaves alone) may carry.
+ADOPTED_ONLY_KEYS = ("mac", "domain_name")
 SHARED_STORAGE_KEYS = ("path", "pool")
 
 # Where a VM's disk lives: "local" (the vm module's own pool, LOCAL_POOL at LOCAL_POOL_PATH
@@ -98,6 +103,9 @@ _SIZE_RE = re.compile(
     r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[kmgt](?:i?b)?)?\s*$", re.IGNORECASE
 )
 _POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+# libvirt domain names: no '/', no control characters, not empty; kept printable ASCII.
+_DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_.+-][A-Za-z0-9_.+:-]{0,127}$")
 _UNIT_MIB = {"k": Fraction(1, 1024), "m": Fraction(1), "g": Fraction(1024), "t": Fraction(1024**2)}
 
 
@@ -299,6 +307,21 @@ class _Vm:
     storage_pool: str | None = None  # shared storage: its pool and directory
     storage_path: str | None = None
     state: str = "present"  # effective: absent when the VM or a parent is absent
+    adopted: bool = False  # an existing domain recorded in the spec, never converged
+    mac: str | None = None  # explicit (adopted only); else derived
+    domain: str | None = None  # explicit libvirt domain name (adopted only); else derived
+
+    def effective_mac(self) -> str | None:
+        if self.mac is not None:
+            return self.mac
+        return None if self.tenant is None or self.name is None else vm_mac(self.tenant, self.name)
+
+    def effective_domain(self) -> str | None:
+        if self.domain is not None:
+            return self.domain
+        if self.tenant is None or self.name is None:
+            return None
+        return domain_name(self.tenant, self.name)
 
 
 @dataclass
@@ -703,11 +726,51 @@ class _Checker:
                 vm.host = host
         if raw.get("storage") is not None:
             self.vm_storage(vm, raw["storage"], _sub(path, "storage"))
-        if net.mode == "static" and vm.state == "present" and raw.get("ip") is None:
+        self.vm_adoption(vm, raw, path)
+        if (
+            net.mode == "static"
+            and vm.state == "present"
+            and raw.get("ip") is None
+            and not vm.adopted
+        ):
             self.add(
                 _sub(path, "ip"),
                 "mode static has no dynamic range: every VM needs an ip (a reservation)",
             )
+
+    def vm_adoption(self, vm: _Vm, raw: Mapping[Any, Any], path: str) -> None:
+        """``adopted``, and the ``mac``/``domain_name`` only an adopted VM may give."""
+        adopted = raw.get("adopted", False)
+        if not isinstance(adopted, bool):
+            self.add(_sub(path, "adopted"), f"must be true or false, got {_kind(adopted)}")
+            adopted = False
+        vm.adopted = adopted
+        for key in ADOPTED_ONLY_KEYS:
+            if raw.get(key) is not None and not adopted:
+                self.add(
+                    _sub(path, key),
+                    f"only an adopted VM (adopted: true) gives its {key}; "
+                    "the collection derives it for the VMs it creates",
+                )
+        mac = raw.get("mac")
+        if adopted and mac is not None:
+            text = mac.lower() if isinstance(mac, str) else None
+            if text is None or not _MAC_RE.match(text):
+                self.add(_sub(path, "mac"), f"must be a MAC like 52:54:00:12:34:56, got {mac!r}")
+            elif int(text[:2], 16) & 1:
+                self.add(_sub(path, "mac"), f"{text} is a multicast MAC; a NIC needs a unicast one")
+            else:
+                vm.mac = text
+        domain = raw.get("domain_name")
+        if adopted and domain is not None:
+            if not isinstance(domain, str) or not _DOMAIN_NAME_RE.match(domain):
+                self.add(
+                    _sub(path, "domain_name"),
+                    f"invalid libvirt domain name {domain!r} (letters, digits, '_', '.', '+', "
+                    "'-', ':'; at most 128)",
+                )
+            else:
+                vm.domain = domain
 
     def vm_storage(self, vm: _Vm, value: Any, where: str) -> None:
         allowed = ", ".join(STORAGES)
@@ -879,13 +942,15 @@ class _Checker:
                     continue
                 if tenant.name is None or vm.state != "present":
                     continue
-                mac = vm_mac(tenant.name, vm.name)
+                mac = vm.effective_mac()
+                if mac is None:
+                    continue
                 other_vm = macs.setdefault(mac, vm)
                 if other_vm is not vm:
                     self.add(
-                        _sub(vm.path, "name"),
-                        f"derived MAC {mac} collides with vm {other_vm.name!r} "
-                        f"({other_vm.path}): rename one of them",
+                        _sub(vm.path, "mac" if vm.mac else "name"),
+                        f"{'MAC' if vm.mac else 'derived MAC'} {mac} collides with vm "
+                        f"{other_vm.name!r} ({other_vm.path}): rename one of them",
                     )
         present = [n for n in tenant.networks if n.subnet is not None and n.state == "present"]
         for later_index, later in enumerate(present):
@@ -932,13 +997,18 @@ class _Checker:
                 for vm in net.vms:
                     if vm.name is None:
                         continue
-                    domain = domain_name(tenant.name, vm.name)
+                    domain = vm.effective_domain()
+                    if domain is None:
+                        continue
                     other_vm = domains.setdefault(domain, vm)
-                    if other_vm is not vm and other_vm.tenant != vm.tenant:
+                    if other_vm is not vm and (
+                        other_vm.tenant != vm.tenant or other_vm.name != vm.name
+                    ):
                         self.add(
-                            _sub(vm.path, "name"),
-                            f"derived libvirt domain name {domain!r} clashes with vm "
-                            f"{other_vm.name!r} of tenant {other_vm.tenant!r} "
+                            _sub(vm.path, "domain_name" if vm.domain else "name"),
+                            f"{'libvirt' if vm.domain else 'derived libvirt'} domain name "
+                            f"{domain!r} clashes with vm {other_vm.name!r} of tenant "
+                            f"{other_vm.tenant!r} "
                             f"({other_vm.path}): rename one",
                         )
 
@@ -1151,7 +1221,8 @@ def _normal_vm(tenant: str, network: str, vm: _Vm, dns_domain: str | None) -> di
         "storage": vm.storage,
         "storage_pool": vm.storage_pool,
         "storage_path": vm.storage_path,
-        "mac": vm_mac(tenant, vm.name),
-        "domain_name": domain_name(tenant, vm.name),
+        "mac": vm.mac or vm_mac(tenant, vm.name),
+        "domain_name": vm.domain or domain_name(tenant, vm.name),
+        "adopted": vm.adopted,
         "fqdn": f"{vm.name}.{dns_domain}" if dns_domain else None,
     }

@@ -333,6 +333,13 @@ def verify_host_network(results: dict[str, dict], hosts: dict) -> None:
     assert sh(hosts[HOST], LEFT_OVER).strip() == ""
 
 
+def verify_infra_facts(results: dict[str, dict], _hosts: dict) -> None:
+    facts = results["Read what the host carries"]
+    root = {link["name"] for link in facts["links"] if link["namespace"] is None}
+    assert {"lo", "eth0"} <= root, root
+    assert isinstance(facts["vms"], list) and isinstance(facts["dnsmasq"], list)
+
+
 RUNNERS: dict[str, Runner] = {
     "netns": Runner(),
     "host_network": Runner(setup_tasks=host_network_setup, verify=verify_host_network),
@@ -382,6 +389,8 @@ RUNNERS: dict[str, Runner] = {
     ),
     # reads / aborts the job of a domain: none of ex-* runs a job here, so nothing changes
     "vm_job": Runner(changes=False),
+    # reads everything on the host, changes nothing
+    "infra_facts": Runner(changes=False, verify=verify_infra_facts),
     # the controller-side validator: on localhost, on the documented example spec
     "tenant_spec": Runner(
         hosts="localhost",

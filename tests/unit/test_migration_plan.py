@@ -168,3 +168,13 @@ def test_check_mode_estimate_lines():
     assert "about 1.3 s at 100 MiB/s (bandwidth assumed" in web1
     assert web2.endswith("in about 0.6 s at 100 MiB/s")
     assert total == "  total: about 2.0 s one VM after the other"
+
+
+def test_adopted_vms_are_not_migrated():
+    spec = example()
+    web = spec["tenants"][0]["networks"][0]
+    web["vms"][0]["adopted"] = True  # web1: a domain the collection did not create
+    with pytest.raises(PlanError, match="web1 is adopted"):
+        mp.instance_migration(spec, hosts(), {}, RUNNING, instance="web1", to="cloud_b")
+    with pytest.raises(PlanError, match=r"adopted VM\(s\) web1"):
+        mp.subnet_migration(spec, hosts(), {}, RUNNING, subnet="acme/web", to="cloud_b")

@@ -286,6 +286,7 @@ def test_normalize_example_exactly():
                 "storage_path": None,
                 "mac": "52:54:00:88:97:61",
                 "domain_name": "acme-web1",
+                "adopted": False,
                 "fqdn": "web1.web.acme",
             },
             {
@@ -304,6 +305,7 @@ def test_normalize_example_exactly():
                 "storage_path": None,
                 "mac": "52:54:00:50:c5:1d",
                 "domain_name": "acme-web2",
+                "adopted": False,
                 "fqdn": "web2.web.acme",
             },
         ],
