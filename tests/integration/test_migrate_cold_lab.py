@@ -9,14 +9,13 @@ after a failure.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 
 import pytest
-import yaml
 
-from conftest import BIN, ROOT, ansible_json, console, lab_env, run
+from conftest import BIN, ROOT, console, lab_env
+from migration_lab import changed, ledger, messages, placement, playbook, tenant_env, where
 
 pytestmark = pytest.mark.lab
 
@@ -48,44 +47,13 @@ DHCP_NS = "qdhcp-mcd.net"
 
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mcd")
-    spec = tmp / "spec.yml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    extra = ["-e", f"spec_file={spec}", "-e", f"mcm_state_dir={tmp / 'state'}"]
     try:
-        made = run(["ansible-playbook", "playbooks/create_infra.yml", *extra])
-        assert made.returncode == 0, made.stdout[-3000:]
-        yield {"extra": extra, "state": tmp / "state"}
+        with tenant_env(tmp_path_factory.mktemp("mcd"), SPEC, TENANT) as env:
+            yield env
     finally:
-        gone = run(["ansible-playbook", "playbooks/delete_infra.yml", "-e", f"tenant={TENANT}"])
-        assert gone.returncode == 0, gone.stdout[-3000:]
         for name in ("mcm-a1", "mcm-a2", "mcm-b1"):
             left = hosts[name].run("ls /var/lib/mcm/vms").stdout
             assert "mcd-" not in left, f"{name} keeps {left}"
-
-
-def playbook(env, name: str, *args: str) -> tuple[int, dict]:
-    proc, data = ansible_json(["ansible-playbook", f"playbooks/{name}", *env["extra"], *args])
-    return proc.returncode, data
-
-
-def ledger(env) -> list[dict]:
-    rows = sorted((env["state"] / "migrations").glob("*.json"), key=lambda p: int(p.stem))
-    return [json.loads(p.read_text()) for p in rows]
-
-
-def placement(env) -> dict:
-    path = env["state"] / "placement.yml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
-
-
-def where(hosts, domain: str) -> dict[str, str]:
-    out = {}
-    for name, host in hosts.items():
-        state = host.run("virsh domstate %s", domain)
-        if state.rc == 0:
-            out[name] = state.stdout.strip()
-    return out
 
 
 def volumes(hosts, domain: str) -> list[str]:
@@ -96,14 +64,6 @@ def volumes(hosts, domain: str) -> list[str]:
 
 def answers(hosts, ip: str) -> bool:
     return hosts["mcm-a1"].run("ip netns exec %s ping -c 3 -i 0.3 -W 1 %s", DHCP_NS, ip).rc == 0
-
-
-def changed(data: dict) -> int:
-    return sum(s.get("changed", 0) for s in data["stats"].values())
-
-
-def messages(data: dict) -> str:
-    return json.dumps(data)
 
 
 def read_marker(host: str) -> str:
