@@ -1,6 +1,7 @@
 # Copyright: multicloud.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A host's whole network plan in one module call: netns, links, addresses, routes, FDB, dnsmasq.
+"""A host's whole network plan in one module call: netns, links, addresses, routes, FDB, dnsmasq,
+and the tenant routers' nftables tables (security groups, floating addresses).
 
 No logic of its own about any resource: every step is the engine of the resource module
 (``netlink.run`` for netns/link/address/route/fdb, ``dnsmasq.converge``), called with the
@@ -15,7 +16,13 @@ address    replaced                                    the plan lists addresses
 route      replaced                                    the plan lists routes
 fdb        overridden, ``scope``                       the plan names tenants
 dnsmasq    overridden, ``scope`` = ``dhcp_scopes``     the plan names tenants
+firewall   each table as listed (present or absent)    the plan lists tables
 =========  ==========================================  ======================================
+
+The ``firewall`` step is the engine of ``nft_ruleset`` (``firewall.converge``): the plan
+lists one table per router namespace it keeps (``state: absent`` when the router applies
+nothing), so a security group or floating address that leaves a router is removed there;
+a router namespace that goes takes its table with it.
 
 What one call saves is the per-task cost of Ansible (a connection, a Python start and an
 AnsiballZ payload per module), about 0.25-0.75 s each on the lab; the netlink work itself
@@ -36,11 +43,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ansible_collections.multicloud.migration.plugins.module_utils import dnsmasq as dhcp
+from ansible_collections.multicloud.migration.plugins.module_utils import firewall as fw
 from ansible_collections.multicloud.migration.plugins.module_utils import netlink
 
 __all__ = ["RESOURCES", "HostNetworkError", "PlannedNetworks", "converge_host", "steps"]
 
-RESOURCES = ("netns", "link", "address", "route", "fdb", "dnsmasq")
+RESOURCES = ("netns", "link", "address", "route", "fdb", "dnsmasq", "firewall")
 # resource -> key of the plan that is its config
 PLAN_KEYS = {
     "netns": "netns",
@@ -49,6 +57,7 @@ PLAN_KEYS = {
     "route": "routes",
     "fdb": "fdb",
     "dnsmasq": "dnsmasq",
+    "firewall": "firewall",
 }
 SCOPE_KEYS = ("scopes", "namespace_scopes", "dhcp_scopes")
 # waits before re-running the link step after namespaces were removed (see _run_netlink_step)
@@ -118,6 +127,8 @@ def steps(plan: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             ("dnsmasq", {"config": config["dnsmasq"], "state": "overridden",
                          "scope": list(plan.get("dhcp_scopes") or [])})
         )  # fmt: skip
+    if config["firewall"]:
+        out.append(("firewall", {"config": config["firewall"]}))
     return out
 
 
@@ -304,6 +315,7 @@ def converge_host(
     diff_mode: bool = False,
     run_netlink: Callable[..., dict[str, Any]] = netlink.run,
     converge_dhcp: Callable[..., dhcp.Result] = dhcp.converge,
+    firewall: fw.Backend | None = None,
 ) -> dict[str, Any]:
     """Converge (or, in check mode, predict) every step of the plan; see the module docs.
 
@@ -318,6 +330,18 @@ def converge_host(
     diffs: list[dict[str, str]] = []
     for resource, params in steps(plan):
         try:
+            if resource == "firewall":
+                if firewall is None:
+                    raise HostNetworkError(resource, "no nftables backend given", resources)
+                fw_result = fw.converge(params["config"], firewall, check_mode=check_mode)
+                resources[resource] = _lean(
+                    {"changed": fw_result.changed, "changes": fw_result.changes,
+                     "before": fw_result.before, "after": fw_result.after},
+                    diff_mode,
+                )  # fmt: skip
+                warnings.extend(fw_result.warnings)
+                diffs.extend(fw_result.diff)
+                continue
             if resource == "dnsmasq":
                 procs: dhcp.Processes = processes
                 if check_mode:
@@ -343,7 +367,7 @@ def converge_host(
             )  # fmt: skip
         except netlink.NetlinkStateError as exc:
             raise HostNetworkError(resource, str(exc), resources, exc.changes) from exc
-        except dhcp.DnsmasqError as exc:
+        except (dhcp.DnsmasqError, fw.FirewallError) as exc:
             raise HostNetworkError(resource, str(exc), resources) from exc
         warnings.extend(out.pop("warnings", []))
         diff = out.pop("diff", None)

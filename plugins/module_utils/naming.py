@@ -33,6 +33,8 @@ ROUTER_LEG_BRIDGE_PREFIX = "qrb-"  # root namespace side, enslaved to the bridge
 ROUTER_LEG_NS_PREFIX = "qr-"  # inside qrouter-*, carries the gateway address(es)
 DHCP_NS_PREFIX = "qdhcp-"
 ROUTER_NS_PREFIX = "qrouter-"
+FIREWALL_TABLE_PREFIX = "mcm-"  # nftables table (family inet) inside qrouter-<tenant>
+SECURITY_GROUP_CHAIN_PREFIX = "sg-"  # one chain per network with a security group
 # QEMU/libvirt's prefix; 0x52 has the locally administered bit set and the
 # multicast bit clear, so every derived MAC is a locally administered unicast one.
 MAC_PREFIX = "52:54:00"
@@ -138,3 +140,13 @@ def domain_name(tenant: str, vm: str) -> str:
 def default_dns_domain(tenant: str, network: str) -> str:
     """Default DNS domain served by a network's dnsmasq (<network>.<tenant>)."""
     return f"{network}.{tenant}"
+
+
+def firewall_table(tenant: str) -> str:
+    """The tenant's nftables table (family inet) in its router namespace."""
+    return f"{FIREWALL_TABLE_PREFIX}{tenant}"
+
+
+def security_group_chain(network: str) -> str:
+    """The chain of a network's ingress rules in the tenant's table."""
+    return f"{SECURITY_GROUP_CHAIN_PREFIX}{network}"

@@ -15,7 +15,10 @@ The network model (docs/network.md):
   ``mcm_network_node: true``) also carries the network's DHCP namespace (a veth leg created
   inside it, the DHCP server address, dnsmasq) and the tenant's router namespace with a
   leg on every routed segment of the tenant in that cloud holding the gateway(s);
-- nothing tenant-owned is addressed in the root namespace.
+- nothing tenant-owned is addressed in the root namespace;
+- a router namespace also gets the tenant's nftables table (``firewall``): the security
+  groups of the networks whose gateway it holds and the floating addresses of their VMs
+  (docs/security.md); a router without any gets the table removed.
 Objects carry the owner tag ``mcm:<tenant>/<network>`` (``mcm:<tenant>/router`` for the
 router namespace) so that a scoped ``overridden`` removes exactly what left the spec.
 """
@@ -26,6 +29,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .naming import firewall_table
 
 # Where the VMs' serial console sockets and logs live on every host (vm_plans).
 CONSOLE_DIR = "/var/lib/mcm/console"
@@ -86,6 +91,7 @@ def removal_plan(host: str, tenants: Iterable[str]) -> dict[str, Any]:
         "fdb": [],
         "dnsmasq": [],
         "dhcp_clients": [],
+        "firewall": [],
     }
 
 
@@ -310,6 +316,9 @@ def host_plan(
     # tenant -> clouds whose router it needs, and (cloud, subnet) of its routed networks
     router_clouds: dict[str, set[str]] = {}
     routed_homes: dict[str, list[tuple[str, str]]] = {}
+    # router namespace -> security groups / floating addresses it applies (docs/security.md)
+    guarded: dict[str, list[dict]] = {}
+    floating: dict[str, list[dict]] = {}
     for tenant, net in _present_networks(spec):
         if not (net["routed"] and net["gateway"]):
             continue
@@ -317,9 +326,11 @@ def host_plan(
         clouds = router_clouds.setdefault(tname, set())
         clouds.update(h.cloud for h in carriers(placement, hosts, tname, net))
         clouds.update(gateway_clouds(placement, tname, net))
-        routed_homes.setdefault(tname, []).append(
-            (home_cloud(placement, tname, net), net["subnet"])
-        )
+        home = home_cloud(placement, tname, net)
+        routed_homes.setdefault(tname, []).append((home, net["subnet"]))
+        # a floating address is routed, like its VM's subnet, to the router that holds
+        # the network's gateway: that router DNATs it
+        routed_homes[tname].extend((home, f"{fip}/32") for fip in _floating_ips(net))
     for tenant, net in _present_networks(spec):
         tname, nname = tenant["name"], net["name"]
         cloud = home_cloud(placement, tname, net)
@@ -359,6 +370,17 @@ def host_plan(
             links[(None, root_leg)]["peer"]["mac"] = net["gateway_mac"]  # the gateway's MAC
             # a shared managed-novlan segment: one router leg carries every gateway
             addresses.setdefault((rns, r_leg), []).append(f"{net['gateway']}/{prefix}")
+            # the router that holds the gateway is the one traffic into the network passes
+            group = net.get("security_group")
+            if group:
+                guarded.setdefault(rns, []).append(
+                    {"name": nname, "subnet": net["subnet"], "default": group["default"],
+                     "ingress": [dict(rule) for rule in group["ingress"]]}
+                )  # fmt: skip
+            floating.setdefault(rns, []).extend(
+                {"address": fip, "fixed": ip, "subnet": net["subnet"]}
+                for fip, ip in _floating_ips(net).items()
+            )
         if network_node(hosts, cloud) != me:
             continue
         if net["dhcp"]["enabled"]:
@@ -427,6 +449,22 @@ def host_plan(
         if not routes[rns]:
             del routes[rns]
 
+    firewall = []
+    for tenant in spec.get("tenants", []):
+        rns = tenant.get("router_namespace")
+        if rns not in netns:
+            continue
+        nets = sorted(guarded.get(rns, []), key=lambda n: n["name"])
+        fips = sorted(floating.get(rns, []), key=lambda f: _ip_key(f["address"]))
+        item: dict[str, Any] = {
+            "namespace": rns,
+            "table": tenant.get("firewall_table") or firewall_table(tenant["name"]),
+            "state": "present" if nets or fips else "absent",
+        }
+        if nets or fips:
+            item.update(networks=nets, floating=fips)
+        firewall.append(item)
+
     return {
         "host": host,
         "cloud": me.cloud,
@@ -447,6 +485,16 @@ def host_plan(
         ],
         "dnsmasq": sorted(dnsmasq, key=lambda d: d["name"]),
         "dhcp_clients": sorted(clients),
+        "firewall": firewall,
+    }
+
+
+def _floating_ips(net: Mapping[str, Any]) -> dict[str, str]:
+    """Floating address -> fixed address of a network's present VMs that have one."""
+    return {
+        vm["floating_ip"]: vm["ip"]
+        for vm in net["vms"]
+        if vm.get("state", "present") == "present" and vm.get("floating_ip") and vm.get("ip")
     }
 
 

@@ -37,15 +37,18 @@ from .naming import (
     dhcp_leg_names,
     dhcp_namespace,
     domain_name,
+    firewall_table,
     router_leg_names,
     router_mac,
     router_namespace,
+    security_group_chain,
     vm_mac,
     vxlan_name,
 )
 
 __all__ = [
     "MODES",
+    "PROTOCOLS",
     "STATES",
     "STORAGES",
     "Problem",
@@ -64,13 +67,25 @@ DYNAMIC_DHCP_MODES = ("managed", "managed-novlan")
 DHCP_MODES = ("managed", "managed-novlan", "static")
 
 TOP_KEYS = ("tenants", "shared_storage")
-TENANT_KEYS = ("name", "networks", "state")
-NETWORK_KEYS = ("name", "cloud", "subnet", "gateway", "mode", "vni", "dhcp", "vms", "state")
+TENANT_KEYS = ("name", "networks", "floating_range", "state")
+NETWORK_KEYS = (
+    "name", "cloud", "subnet", "gateway", "mode", "vni", "dhcp", "security_group", "vms",
+    "state",
+)  # fmt: skip
 DHCP_KEYS = ("enabled", "range", "domain")
 VM_KEYS = (
-    "name", "vcpus", "memory", "disk", "ip", "image", "host", "storage", "state",
-    "adopted", "mac", "domain_name",
+    "name", "vcpus", "memory", "disk", "ip", "floating_ip", "image", "host", "storage",
+    "state", "adopted", "mac", "domain_name",
 )  # fmt: skip
+SECURITY_GROUP_KEYS = ("default", "ingress")
+RULE_KEYS = ("proto", "ports", "from", "action")
+# Security groups (docs/security.md): what a rule matches and does, what the rest gets.
+PROTOCOLS = ("tcp", "udp", "icmp", "any")
+PORT_PROTOCOLS = ("tcp", "udp")
+RULE_ACTIONS = ("accept", "drop")
+SECURITY_GROUP_DEFAULTS = ("drop", "accept")
+PORT_MAX = 65535
+_PORTS_RE = re.compile(r"^\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?$")
 # Keys only an adopted VM (an existing domain the collection leaves alone) may carry.
 ADOPTED_ONLY_KEYS = ("mac", "domain_name")
 SHARED_STORAGE_KEYS = ("path", "pool")
@@ -310,6 +325,7 @@ class _Vm:
     adopted: bool = False  # an existing domain recorded in the spec, never converged
     mac: str | None = None  # explicit (adopted only); else derived
     domain: str | None = None  # explicit libvirt domain name (adopted only); else derived
+    floating_ip: IPv4 | None = None  # DNATed to ip by the tenant router
 
     def effective_mac(self) -> str | None:
         if self.mac is not None:
@@ -343,6 +359,7 @@ class _Network:
     domain: str | None = None
     vms: list[_Vm] = field(default_factory=list)
     state: str = "present"  # effective
+    security_group: dict[str, Any] | None = None  # normalised, None: no filtering
 
     @property
     def dhcp_on(self) -> bool:
@@ -367,6 +384,7 @@ class _Tenant:
     name: str | None = None
     state: str = "present"
     networks: list[_Network] = field(default_factory=list)
+    floating_range: ipaddress.IPv4Network | None = None
 
 
 class _Checker:
@@ -540,11 +558,14 @@ class _Checker:
         self.keys(raw, path, TENANT_KEYS)
         tenant.name = self.name(raw, path, "tenant", TENANT_NAME_MAX)
         tenant.state = self.state(raw, path)
+        if raw.get("floating_range") is not None:
+            tenant.floating_range = self.floating_range(raw["floating_range"], path)
         if tenant.state == "present":
             self.required(raw, "networks", path)
         for index, network in enumerate(self.list_of(raw, "networks", path, "networks")):
             self.network(tenant, network, f"{path}.networks[{index}]")
         self.tenant_checks(tenant)
+        self.floating_checks(tenant)
 
     def network(self, tenant: _Tenant, raw: Any, path: str) -> None:
         net = _Network(path, tenant.name)
@@ -563,6 +584,8 @@ class _Checker:
         if gateway_given:
             net.gateway = self.address(raw["gateway"], _sub(path, "gateway"), "gateway")
         self.dhcp(net, raw, path)
+        if raw.get("security_group") is not None:
+            self.security_group(net, raw["security_group"], _sub(path, "security_group"))
         for index, vm in enumerate(self.list_of(raw, "vms", path, "VMs")):
             self.vm(net, vm, f"{path}.vms[{index}]")
         self.addressing(net, gateway_given)
@@ -712,6 +735,8 @@ class _Checker:
             setattr(vm, f"{key}_mib", size)
         if raw.get("ip") is not None:
             vm.ip = self.address(raw["ip"], _sub(path, "ip"), "ip")
+        if raw.get("floating_ip") is not None:
+            self.floating_ip(net, vm, raw, _sub(path, "floating_ip"))
         if raw.get("image") is not None:
             image = raw["image"]
             if not isinstance(image, str) or not image.strip():
@@ -737,6 +762,186 @@ class _Checker:
                 _sub(path, "ip"),
                 "mode static has no dynamic range: every VM needs an ip (a reservation)",
             )
+
+    # ---------------------------------------------------------------- security
+
+    def cidr(self, value: Any, where: str, what: str) -> ipaddress.IPv4Network | None:
+        """An IPv4 CIDR without host bits (a plain address is its /32)."""
+        if not isinstance(value, str):
+            self.add(where, f"{what} must be a CIDR string such as 10.0.0.0/24, got {_kind(value)}")
+            return None
+        text = value.strip()
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            self.add(where, f"invalid {what} {value!r}: not an IPv4 CIDR")
+            return None
+        if loose.version != 4:
+            self.add(where, f"{what} {value!r} is IPv6: only IPv4 is supported for now")
+            return None
+        if loose.network_address != ipaddress.ip_interface(text).ip:
+            self.add(where, f"{what} {value!r} has host bits set: did you mean {loose}?")
+            return None
+        return loose  # type: ignore[return-value]
+
+    def floating_range(self, value: Any, path: str) -> ipaddress.IPv4Network | None:
+        where = _sub(path, "floating_range")
+        if isinstance(value, str) and "/" not in value:
+            self.add(where, f"{value!r} has no prefix length: write it as CIDR, e.g. {value}/24")
+            return None
+        network = self.cidr(value, where, "floating range")
+        if network is None:
+            return None
+        if (
+            network.is_link_local
+            or network.is_loopback
+            or network.is_multicast
+            or network.is_reserved
+            or network.network_address.is_unspecified
+        ):
+            self.add(
+                where,
+                f"floating range {network} is not unicast address space a router can route "
+                "(link-local, loopback, multicast, reserved or 0.0.0.0)",
+            )
+            return None
+        if network.prefixlen > 30:
+            self.add(where, f"floating range {network} is too small: /30 or larger")
+            return None
+        return network
+
+    def floating_ip(self, net: _Network, vm: _Vm, raw: Mapping[Any, Any], where: str) -> None:
+        address = self.address(raw["floating_ip"], where, "floating_ip")
+        if address is None:
+            return
+        vm.floating_ip = address
+        if net.mode == "system":
+            self.add(where, "a network in mode system is not routed: it has no floating addresses")
+        if raw.get("ip") is None:
+            self.add(
+                where,
+                "a floating address needs the VM's ip (a reservation): the router DNATs to it",
+            )
+
+    def security_group(self, net: _Network, value: Any, where: str) -> None:
+        if not self.mapping(value, where, "with ingress and default"):
+            return
+        self.keys(value, where, SECURITY_GROUP_KEYS)
+        if net.mode == "system":
+            self.add(where, "a network in mode system is not routed: no security group applies")
+            return
+        default = value.get("default", "drop")
+        if default not in SECURITY_GROUP_DEFAULTS:
+            self.add(
+                _sub(where, "default"),
+                f"must be one of {', '.join(SECURITY_GROUP_DEFAULTS)}, got {_kind(default)}",
+            )
+            default = "drop"
+        rules = []
+        for index, rule in enumerate(self.list_of(value, "ingress", where, "rules")):
+            parsed = self.rule(rule, f"{where}.ingress[{index}]")
+            if parsed is not None:
+                rules.append(parsed)
+        net.security_group = {"default": default, "ingress": rules}
+
+    def rule(self, raw: Any, where: str) -> dict[str, Any] | None:
+        if not self.mapping(raw, where, "a rule with proto, ports, from, action"):
+            return None
+        self.keys(raw, where, RULE_KEYS)
+        ok = True
+        proto = raw.get("proto", "any")
+        if proto not in PROTOCOLS:
+            guess = _suggest(proto, PROTOCOLS) if isinstance(proto, str) else None
+            hint = f" (did you mean {guess!r}?)" if guess else ""
+            self.add(
+                _sub(where, "proto"),
+                f"invalid proto {proto!r}{hint}: allowed are {', '.join(PROTOCOLS)}"
+                if isinstance(proto, str)
+                else f"must be one of {', '.join(PROTOCOLS)}, got {_kind(proto)}",
+            )
+            proto, ok = "any", False
+        ports = None
+        if raw.get("ports") is not None:
+            ports = self.ports(raw["ports"], _sub(where, "ports"))
+            ok = ok and ports is not None
+            if ports is not None and proto not in PORT_PROTOCOLS:
+                self.add(
+                    _sub(where, "ports"),
+                    f"ports need proto tcp or udp (proto is {proto!r}): set proto, or remove ports",
+                )
+                ok = False
+        source = ipaddress.IPv4Network("0.0.0.0/0")
+        if raw.get("from") is not None:
+            parsed = self.cidr(raw["from"], _sub(where, "from"), "from")
+            if parsed is None:
+                ok = False
+            else:
+                source = parsed
+        action = raw.get("action", "accept")
+        if action not in RULE_ACTIONS:
+            self.add(
+                _sub(where, "action"),
+                f"must be one of {', '.join(RULE_ACTIONS)}, got {_kind(action)}",
+            )
+            ok = False
+        if not ok:
+            return None
+        return {"proto": proto, "ports": ports, "from": str(source), "action": action}
+
+    def ports(self, value: Any, where: str) -> str | None:
+        """A port or an inclusive range, normalised to ``"22"`` or ``"8000-8080"``."""
+        text = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        elif isinstance(value, str):
+            text = value
+        match = _PORTS_RE.match(text) if text is not None else None
+        if match is None:
+            self.add(
+                where,
+                f'must be a port (22) or a range of ports ("8000-8080"), got {_kind(value)}',
+            )
+            return None
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if not (1 <= first <= PORT_MAX and 1 <= last <= PORT_MAX):
+            self.add(where, f"ports {value!r} out of range 1..{PORT_MAX}")
+            return None
+        if first > last:
+            self.add(where, f"port range {value!r} is reversed: write {last}-{first}")
+            return None
+        return str(first) if first == last else f"{first}-{last}"
+
+    def floating_checks(self, tenant: _Tenant) -> None:
+        """Floating addresses of a tenant: inside its floating range, which none of its
+        present subnets overlaps."""
+        vms = [vm for net in tenant.networks for vm in net.vms if vm.floating_ip is not None]
+        fr = tenant.floating_range
+        if fr is not None:
+            for net in tenant.networks:
+                if net.subnet is not None and net.state == "present" and net.subnet.overlaps(fr):
+                    self.add(
+                        _sub(tenant.path, "floating_range"),
+                        f"floating range {fr} overlaps subnet {net.subnet} of network "
+                        f"{net.name!r} ({net.path})",
+                    )
+        for vm in vms:
+            where = _sub(vm.path, "floating_ip")
+            if fr is None:
+                self.add(
+                    where,
+                    f"tenant {tenant.name!r} has no floating_range: add one that holds "
+                    f"{vm.floating_ip}",
+                )
+            elif vm.floating_ip not in fr or vm.floating_ip in (
+                fr.network_address,
+                fr.broadcast_address,
+            ):
+                self.add(
+                    where,
+                    f"floating_ip {vm.floating_ip} is not a usable address of the tenant's "
+                    f"floating range {fr}",
+                )
 
     def vm_adoption(self, vm: _Vm, raw: Mapping[Any, Any], path: str) -> None:
         """``adopted``, and the ``mac``/``domain_name`` only an adopted VM may give."""
@@ -976,6 +1181,23 @@ class _Checker:
                 )
         self.derived_name_clashes()
         self.vni_checks()
+        self.floating_unique()
+
+    def floating_unique(self) -> None:
+        """A floating address belongs to one present VM of the whole spec."""
+        owners: dict[IPv4, _Vm] = {}
+        for tenant in self.tenants:
+            for net in tenant.networks:
+                for vm in net.vms:
+                    if vm.floating_ip is None or vm.state != "present":
+                        continue
+                    other = owners.setdefault(vm.floating_ip, vm)
+                    if other is not vm:
+                        self.add(
+                            _sub(vm.path, "floating_ip"),
+                            f"floating_ip {vm.floating_ip} is also given to vm {other.name!r} "
+                            f"of tenant {other.tenant!r} ({other.path})",
+                        )
 
     def derived_name_clashes(self) -> None:
         namespaces: dict[str, _Network] = {}
@@ -1154,6 +1376,8 @@ def normalize(spec: Any, clouds: Iterable[str] | None = None) -> dict[str, Any]:
                 "name": tenant.name,
                 "state": tenant.state,
                 "router_namespace": router_namespace(tenant.name),
+                "floating_range": str(tenant.floating_range) if tenant.floating_range else None,
+                "firewall_table": firewall_table(tenant.name),
                 "transit": {
                     "vni": transit_vni,
                     "bridge": bridge_name(transit_vni),
@@ -1200,6 +1424,11 @@ def _normal_network(tenant: _Tenant, net: _Network, vni: int, leg_index: int) ->
             "namespace": dhcp_namespace(tenant.name, net.name) if dhcp_on else None,
             "legs": list(dhcp_leg_names(vni, leg_index)) if dhcp_on else None,
         },
+        "security_group": (
+            {**net.security_group, "chain": security_group_chain(net.name)}
+            if net.security_group is not None and routed
+            else None
+        ),
         "vms": [_normal_vm(tenant.name, net.name, vm, domain) for vm in net.vms],
     }
 
@@ -1216,6 +1445,7 @@ def _normal_vm(tenant: str, network: str, vm: _Vm, dns_domain: str | None) -> di
         "memory_mib": vm.memory_mib,
         "disk_mib": vm.disk_mib,
         "ip": str(vm.ip) if vm.ip is not None else None,
+        "floating_ip": str(vm.floating_ip) if vm.floating_ip is not None else None,
         "image": vm.image,
         "host": vm.host,
         "storage": vm.storage,

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: multicloud.migration contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""A host's whole tenant network plan (netns, links, addresses, routes, FDB, dnsmasq) in one call."""
+"""A host's whole tenant network plan (netns, links, addresses, routes, FDB, dnsmasq, nft) in one call."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ description:
     (V(overridden) within O(plan.namespace_scopes)), M(multicloud.migration.link)
     (V(overridden) within O(plan.scopes)), M(multicloud.migration.address) (V(replaced)),
     M(multicloud.migration.route) (V(replaced)), M(multicloud.migration.fdb) (V(overridden)
-    within O(plan.scopes)) and M(multicloud.migration.dnsmasq) (V(overridden) within
-    O(plan.dhcp_scopes)). What each step compares, creates, updates and removes is
-    documented with its module.
+    within O(plan.scopes)), M(multicloud.migration.dnsmasq) (V(overridden) within
+    O(plan.dhcp_scopes)) and, when the plan lists tables, M(multicloud.migration.nft_ruleset)
+    (security groups and floating addresses in the tenant router namespaces). What each
+    step compares, creates, updates and removes is documented with its module.
   - Everything the plan's tenants own on the host and the plan leaves out is removed;
     objects of other tenants, and objects not created by this collection, are never
     touched. Re-running with the same plan reports no change.
@@ -33,6 +34,7 @@ author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host
   - dnsmasq (Debian package C(dnsmasq-base)) on the managed host, when the plan has DHCP instances
+  - nft (Debian package C(nftables)) on the managed host, when the plan has a table with O(plan.firewall[].state=present)
   - root on the managed host
 options:
   plan:
@@ -309,6 +311,87 @@ options:
                 description: Host name handed out and resolved.
                 type: str
                 required: true
+      firewall:
+        description:
+          - The nftables tables of the router namespaces, as the C(config) of
+            M(multicloud.migration.nft_ruleset) (see there for what the rules do).
+        type: list
+        elements: dict
+        default: []
+        suboptions:
+          namespace:
+            description: Network namespace holding the table.
+            type: str
+            required: true
+          table:
+            description: Name of the table (family C(inet)).
+            type: str
+            required: true
+          state:
+            description: V(absent) deletes the table.
+            type: str
+            choices: [present, absent]
+            default: present
+          networks:
+            description: Networks whose incoming traffic is filtered.
+            type: list
+            elements: dict
+            default: []
+            suboptions:
+              name:
+                description: The network's name.
+                type: str
+                required: true
+              subnet:
+                description: Its IPv4 subnet.
+                type: str
+                required: true
+              default:
+                description: What happens to traffic no rule matches.
+                type: str
+                choices: [drop, accept]
+                default: drop
+              ingress:
+                description: Rules, in order.
+                type: list
+                elements: dict
+                default: []
+                suboptions:
+                  proto:
+                    description: Protocol.
+                    type: str
+                    choices: [tcp, udp, icmp, any]
+                    default: any
+                  ports:
+                    description: Destination port or range (tcp and udp).
+                    type: raw
+                  from:
+                    description: Source addresses (CIDR).
+                    type: str
+                    default: 0.0.0.0/0
+                  action:
+                    description: What happens to matching traffic.
+                    type: str
+                    choices: [accept, drop]
+                    default: accept
+          floating:
+            description: Floating addresses DNATed to fixed ones.
+            type: list
+            elements: dict
+            default: []
+            suboptions:
+              address:
+                description: The floating address.
+                type: str
+                required: true
+              fixed:
+                description: The VM's fixed address.
+                type: str
+                required: true
+              subnet:
+                description: The VM's subnet.
+                type: str
+                required: true
 extends_documentation_fragment:
   - multicloud.migration._attributes
 notes:
@@ -327,6 +410,7 @@ seealso:
   - module: multicloud.migration.route
   - module: multicloud.migration.fdb
   - module: multicloud.migration.dnsmasq
+  - module: multicloud.migration.nft_ruleset
 """
 
 EXAMPLES = r"""
@@ -423,6 +507,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.multicloud.migration.plugins.module_utils.dnsmasq import (
     SystemProcesses,
 )
+from ansible_collections.multicloud.migration.plugins.module_utils.firewall import NftCommand
 from ansible_collections.multicloud.migration.plugins.module_utils.host_network import (
     HostNetworkError,
     converge_host,
@@ -525,6 +610,40 @@ DNSMASQ_SPEC = {
 }
 
 
+RULE_SPEC = {
+    "proto": {"type": "str", "choices": ["tcp", "udp", "icmp", "any"], "default": "any"},
+    "ports": {"type": "raw"},
+    "from": {"type": "str", "default": "0.0.0.0/0"},
+    "action": {"type": "str", "choices": ["accept", "drop"], "default": "accept"},
+}
+FIREWALL_SPEC = {
+    "namespace": {"type": "str", "required": True},
+    "table": {"type": "str", "required": True},
+    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+    "networks": {
+        "type": "list",
+        "elements": "dict",
+        "default": [],
+        "options": {
+            "name": {"type": "str", "required": True},
+            "subnet": {"type": "str", "required": True},
+            "default": {"type": "str", "choices": ["drop", "accept"], "default": "drop"},
+            "ingress": {"type": "list", "elements": "dict", "default": [], "options": RULE_SPEC},
+        },
+    },
+    "floating": {
+        "type": "list",
+        "elements": "dict",
+        "default": [],
+        "options": {
+            "address": {"type": "str", "required": True},
+            "fixed": {"type": "str", "required": True},
+            "subnet": {"type": "str", "required": True},
+        },
+    },
+}
+
+
 def _items(spec: dict) -> dict:
     return {"type": "list", "elements": "dict", "default": [], "options": spec}
 
@@ -547,6 +666,7 @@ PLAN_SPEC = {
     "routes": _items(ROUTE_SPEC),
     "fdb": _items(FDB_SPEC),
     "dnsmasq": _items(DNSMASQ_SPEC),
+    "firewall": _items(FIREWALL_SPEC),
 }
 
 
@@ -561,12 +681,20 @@ def main() -> None:
     binary = module.get_bin_path(
         "dnsmasq", required=bool(plan["dnsmasq"] and plan["tenants"]), opt_dirs=["/usr/sbin"]
     )
+    tables = any(item["state"] == "present" for item in plan["firewall"])
+    nft = module.get_bin_path("nft", required=tables, opt_dirs=["/usr/sbin"])
+    ip = module.get_bin_path("ip", required=bool(plan["firewall"]), opt_dirs=["/usr/sbin", "/sbin"])
+
+    def run(argv: list[str], data: str | None) -> tuple[int, str, str]:
+        return module.run_command(argv, data=data)
+
     try:
         result = converge_host(
             plan,
             SystemProcesses(dnsmasq=binary or "dnsmasq"),
             check_mode=module.check_mode,
             diff_mode=module._diff,
+            firewall=NftCommand(run, nft, ip=ip or "ip"),
         )
     except HostNetworkError as exc:
         message = str(exc)

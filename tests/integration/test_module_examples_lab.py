@@ -340,8 +340,25 @@ def verify_infra_facts(results: dict[str, dict], _hosts: dict) -> None:
     assert isinstance(facts["vms"], list) and isinstance(facts["dnsmasq"], list)
 
 
+def verify_nft_ruleset(results: dict[str, dict], hosts: dict) -> None:
+    first = results[
+        "Web network of tenant ex-acme - tcp/8080 from the db subnet, ping from anywhere, "
+        "the rest dropped"
+    ]
+    assert [c["action"] for c in first["changes"]] == ["create"], first["changes"]
+    fip = results["The same, and floating address 192.0.2.10 DNATed to web1 (10.10.1.10)"]
+    assert [c["action"] for c in fip["changes"]] == ["replace"], fip["changes"]
+    assert "dnat ip to 10.10.1.10" in fip["after"][0]["ruleset"]
+    gone = results["Remove the table"]
+    assert [c["action"] for c in gone["changes"]] == ["delete"], gone["changes"]
+    tables = sh(hosts[HOST], "ip netns exec qrouter-ex-acme nft list tables")
+    assert "mcm-ex-acme" not in tables, tables
+
+
 RUNNERS: dict[str, Runner] = {
     "netns": Runner(),
+    # the router namespace qrouter-ex-acme with its leg on the web segment
+    "nft_ruleset": Runner(setup={HOST: NET_WEB + NET_ADDRESSES}, verify=verify_nft_ruleset),
     "host_network": Runner(setup_tasks=host_network_setup, verify=verify_host_network),
     "link": Runner(
         setup={HOST: "ip netns add qdhcp-ex-acme.web"}, play_vars=link_vars, verify=verify_link

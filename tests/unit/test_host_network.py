@@ -197,6 +197,7 @@ def test_a_netlink_error_names_the_step_and_keeps_what_was_done():
         ("routes", "route"),
         ("fdb", "fdb"),
         ("dnsmasq", "dnsmasq"),
+        ("firewall", "nft_ruleset"),
     ],
 )
 def test_plan_items_are_exactly_the_modules_config_items(key, module):

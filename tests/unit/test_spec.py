@@ -113,6 +113,8 @@ def test_absent_tenant_needs_no_networks():
         "name": "globex",
         "state": "absent",
         "router_namespace": "qrouter-globex",
+        "floating_range": None,
+        "firewall_table": "mcm-globex",
         "transit": {
             "vni": 12264344,
             "bridge": "brq-12264344",
@@ -269,6 +271,7 @@ def test_normalize_example_exactly():
             "namespace": "qdhcp-acme.web",
             "legs": ["dhb-16593158", "dhn-16593158"],
         },
+        "security_group": None,
         "vms": [
             {
                 "tenant": "acme",
@@ -279,6 +282,7 @@ def test_normalize_example_exactly():
                 "memory_mib": 128,
                 "disk_mib": 64,
                 "ip": "10.10.1.10",
+                "floating_ip": None,
                 "image": None,
                 "host": None,
                 "storage": "local",
@@ -298,6 +302,7 @@ def test_normalize_example_exactly():
                 "memory_mib": 128,
                 "disk_mib": 64,
                 "ip": "10.10.1.11",
+                "floating_ip": None,
                 "image": None,
                 "host": None,
                 "storage": "local",
