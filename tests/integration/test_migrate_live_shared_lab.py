@@ -21,7 +21,9 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from conftest import ansible_json, console, run
+from conftest import console, run
+from migration_lab import changed, ledger, playbook, tenant_env
+from migration_lab import where as domain_states
 
 pytestmark = pytest.mark.lab
 
@@ -57,49 +59,25 @@ MEASURED: dict[str, dict] = {}
 
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shl")
-    spec = tmp / "spec.yml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    extra = ["-e", f"spec_file={spec}", "-e", f"mcm_state_dir={tmp / 'state'}"]
     try:
         # the check-mode plan needs the hosts' TLS material (idempotent: no change once there)
         tls = run(["ansible-playbook", "playbooks/setup_migration_tls.yml"], timeout=900)
         assert tls.returncode == 0, tls.stdout[-3000:]
-        made = run(["ansible-playbook", "playbooks/create_infra.yml", *extra], timeout=900)
-        assert made.returncode == 0, made.stdout[-3000:]
-        yield {"extra": extra, "state": tmp / "state"}
+        with tenant_env(tmp_path_factory.mktemp("shl"), SPEC, TENANT) as env:
+            yield env
     finally:
-        gone = run(["ansible-playbook", "playbooks/delete_infra.yml", "-e", f"tenant={TENANT}"],
-                   timeout=900)  # fmt: skip
         # the shared volume was deleted (once, by the host that ran the VM): it is gone
         # from the directory every host shares; a leftover is removed so the lab stays clean
         left = {n: h.run("test -e %s", DISK).rc == 0 for n, h in hosts.items()}
         hosts[NETWORK_NODE].run("rm -f %s", DISK)
         domains = {n: h.run("virsh list --all --name").stdout for n, h in hosts.items()}
         print("MEASURED", json.dumps(MEASURED))
-        assert gone.returncode == 0, gone.stdout[-3000:]
         assert not any(left.values()), f"the shared volume {DISK} was left: {left}"
         assert not [n for n, out in domains.items() if DOMAIN in out], domains
 
 
-def playbook(env, name: str, *args: str) -> tuple[int, dict]:
-    proc, data = ansible_json(["ansible-playbook", f"playbooks/{name}", *env["extra"], *args],
-                              timeout=900)  # fmt: skip
-    return proc.returncode, data
-
-
-def ledger(env) -> list[dict]:
-    rows = sorted((env["state"] / "migrations").glob("*.json"), key=lambda p: int(p.stem))
-    return [json.loads(p.read_text()) for p in rows]
-
-
 def where(hosts) -> dict[str, str]:
-    out = {}
-    for name, host in hosts.items():
-        state = host.run("virsh domstate %s", DOMAIN)
-        if state.rc == 0:
-            out[name] = state.stdout.strip()
-    return out
+    return domain_states(hosts, DOMAIN)
 
 
 def mac_and_disk(host) -> tuple[str, str]:
@@ -126,10 +104,6 @@ def failures(data: dict) -> list[str]:
                 items = [result, *result.get("results", [])]
                 out += [f"{host}: {r.get('msg')}" for r in items if r.get("failed")]
     return out
-
-
-def changed(data: dict) -> int:
-    return sum(s.get("changed", 0) for s in data["stats"].values())
 
 
 def migrate_results(data: dict) -> list[dict]:

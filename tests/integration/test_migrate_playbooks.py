@@ -13,7 +13,9 @@ import json
 import pytest
 import yaml
 
-from conftest import ansible_json, console, run
+from conftest import console
+from migration_lab import changed, ledger, playbook, tenant_env
+from migration_lab import where as domain_states
 
 pytestmark = pytest.mark.lab
 
@@ -47,45 +49,19 @@ PING_NS = "mgp-ping"
 
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mgp")
-    spec = tmp / "spec.yml"
-    spec.write_text(yaml.safe_dump(SPEC))
-    extra = ["-e", f"spec_file={spec}", "-e", f"mcm_state_dir={tmp / 'state'}"]
     try:
-        made = run(["ansible-playbook", "playbooks/create_infra.yml", *extra])
-        assert made.returncode == 0, made.stdout[-3000:]
-        yield {"extra": extra, "state": tmp / "state"}
+        with tenant_env(tmp_path_factory.mktemp("mgp"), SPEC, "mgp") as env:
+            yield env
     finally:
         hosts["mcm-a2"].run("ip netns del %s", PING_NS)
-        gone = run(["ansible-playbook", "playbooks/delete_infra.yml", "-e", "tenant=mgp"])
-        assert gone.returncode == 0, gone.stdout[-3000:]
-
-
-def playbook(env, name: str, *args: str) -> tuple[int, dict]:
-    proc, data = ansible_json(["ansible-playbook", f"playbooks/{name}", *env["extra"], *args])
-    return proc.returncode, data
-
-
-def ledger(env) -> list[dict]:
-    rows = sorted((env["state"] / "migrations").glob("*.json"), key=lambda p: int(p.stem))
-    return [json.loads(p.read_text()) for p in rows]
 
 
 def where(hosts) -> dict[str, str]:
-    out = {}
-    for name, host in hosts.items():
-        state = host.run("virsh domstate %s", DOMAIN)
-        if state.rc == 0:
-            out[name] = state.stdout.strip()
-    return out
+    return domain_states(hosts, DOMAIN)
 
 
 def pings_from(host, namespace: str, ip: str) -> bool:
     return host.run("ip netns exec %s ping -c 3 -i 0.3 -W 1 %s", namespace, ip).rc == 0
-
-
-def changed(data: dict) -> int:
-    return sum(s.get("changed", 0) for s in data["stats"].values())
 
 
 def test_check_mode_plans_and_changes_nothing(env, hosts):
