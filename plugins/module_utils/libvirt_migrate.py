@@ -122,6 +122,13 @@ ABORTS_BEFORE_KILL = 3
 CLEANUP_WAIT = 45
 PROBE_TIMEOUT = 5
 CLOSE_TIMEOUT = 10  # seconds closing the destination connection may take (it hangs on a cut link)
+# Client keepalive on the destination connection: a peer silent for about
+# KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) s (link cut) closes the connection, so that every
+# call on it, and its last close, fail instead of waiting for TCP to give up (~15 min). Without
+# it the module hung at exit after a link cut: freeing the last domain or volume object of the
+# connection sends the remote close, which never got an answer.
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
 LIBVIRT_PORTS = {"tcp": 16509, "tls": 16514, "ssh": 22, "libssh": 22, "libssh2": 22}
 JOB_NONE = 0  # VIR_DOMAIN_JOB_NONE
 JOB_STATS_COMPLETED = 1  # VIR_DOMAIN_JOB_STATS_COMPLETED
@@ -459,10 +466,49 @@ def _bounded(fn: Callable[[], Any], seconds: float, name: str) -> tuple[bool, Ex
     return True, box.get("error")
 
 
+_EVENT_LOOP: dict[str, threading.Thread] = {}
+
+
+def event_loop() -> bool:
+    """libvirt's default event loop, run by a daemon thread (started once): the client side
+    of keepalive needs it. Registered before the connections that use it are opened."""
+    if "thread" in _EVENT_LOOP:
+        return True
+    register = getattr(libvirt, "virEventRegisterDefaultImpl", None)
+    run_once = getattr(libvirt, "virEventRunDefaultImpl", None)
+    if register is None or run_once is None:
+        return False
+    if register() < 0:
+        return False
+
+    def run() -> None:
+        while True:
+            if run_once() < 0:
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=run, name="libvirt-event-loop", daemon=True)
+    thread.start()
+    _EVENT_LOOP["thread"] = thread
+    return True
+
+
+def open_peer(uri: str) -> Any:
+    """A connection to the destination's libvirtd with client keepalive (when possible)."""
+    looping = event_loop()
+    conn = libvirt.open(uri)
+    keepalive = getattr(conn, "setKeepAlive", None)
+    if looping and keepalive is not None:
+        try:
+            keepalive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        except _lverr():
+            pass  # an old peer without keepalive: the bounded calls still protect us
+    return conn
+
+
 def open_destination(uri: str) -> Any:
     probe_tcp(uri)
     try:
-        return libvirt.open(uri)
+        return open_peer(uri)
     except _lverr() as exc:
         raise MigrationError(
             f"cannot connect to the destination {uri}: {exc}", phase="connect"
@@ -831,7 +877,7 @@ class Migration:
 
     def _clean_with(self, conn: Any | None) -> None:
         if conn is None:
-            conn = libvirt.open(self.dst_uri)
+            conn = open_peer(self.dst_uri)
             try:
                 self.clean_destination(conn)
             finally:

@@ -204,3 +204,40 @@ def test_preflight_space_check(fake):
     assert "not enough space" in str(err) and "8.0 MiB free" in str(err)
     assert "40.0 MiB" in str(err) and "/var/lib/mcm/vms" in str(err)
     job.check_space({"mcm": [pool, 8 * MIB, "/var/lib/mcm/vms"]})  # exactly fits
+
+
+class KeepaliveConn:
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def setKeepAlive(self, interval: int, count: int) -> int:
+        self.calls.append(("keepalive", interval, count))
+        return 0
+
+
+def test_the_destination_connection_has_client_keepalive(fake, monkeypatch):
+    """A cut link must close the connection after a few silent keepalives: without it every
+    call on it, and the remote close when its last object is freed (at the module's exit),
+    wait for TCP to give up (~15 min; the module hung there on the lab)."""
+    calls: list = []
+    fake.virEventRegisterDefaultImpl = lambda: calls.append("register") or 0
+    fake.virEventRunDefaultImpl = lambda: time.sleep(0.05) or 0
+    fake.open = lambda uri: calls.append(("open", uri)) or KeepaliveConn(calls)
+    monkeypatch.setattr(lm, "_EVENT_LOOP", {})
+    monkeypatch.setattr(lm, "probe_tcp", lambda uri, timeout=10: None)
+    conn = lm.open_destination("qemu+tls://192.0.2.1/system")
+    assert isinstance(conn, KeepaliveConn)
+    keepalive = ("keepalive", lm.KEEPALIVE_INTERVAL, lm.KEEPALIVE_COUNT)
+    assert calls == ["register", ("open", "qemu+tls://192.0.2.1/system"), keepalive]
+    assert lm.KEEPALIVE_INTERVAL * (lm.KEEPALIVE_COUNT + 1) < lm.CLEANUP_WAIT
+    lm.open_peer("qemu+tls://192.0.2.1/system")  # the event loop is registered only once
+    assert calls.count("register") == 1 and calls.count(keepalive) == 2
+    assert lm._EVENT_LOOP["thread"].daemon
+
+
+def test_no_keepalive_without_an_event_loop(fake, monkeypatch):
+    calls: list = []
+    fake.open = lambda uri: KeepaliveConn(calls)
+    monkeypatch.setattr(lm, "_EVENT_LOOP", {})
+    assert lm.open_peer("qemu+tls://192.0.2.1/system") is not None
+    assert calls == []

@@ -1,0 +1,383 @@
+"""Faults in the middle of a live-block migration through migrate_instance.yml, on the lab
+(issue 5): the destination's libvirtd killed, the inter-cloud link cut, the destination's
+disk full. After each: the playbook fails and says why, the VM still runs on its source
+with its disk, MAC and IP, the destination has no domain and no volume of it, the ledger
+row is failed with the error; with the fault removed, the same migration succeeds.
+
+Tenant mft: net 10.38.1.0/24 on cloud_a with k1 (10.38.1.10, mcm-a1), c1 (10.38.1.11,
+mcm-a2) and d1 (10.38.1.12, mcm-a1), one VM per fault, each moved to cloud_b (mcm-b1).
+To make a migration last long enough to be hit, the guest's memory holds 40 MiB of random
+data and the migration runs at 2 MiB/s; the fault is injected once libvirt's job runs on
+the source (virsh domjobinfo). Every fault is removed by its fixture, also after a
+failure: libvirtd started again, the nftables table mft_fault deleted, the tmpfs over the
+destination's pool directory unmounted. The module fixture removes the tenant with
+delete_infra.yml and then any mft-* domain or volume left on a host.
+
+Other tenants share the lab: the libvirtd of mcm-b1 is down for about 5 s, the link cut
+drops only TCP between the source's and mcm-b1's WAN addresses (VXLAN of other tenants
+goes on), and the tmpfs is over mcm-b1's pool directory for the duration of two playbook
+runs at most.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN, ROOT, console, lab_env, libvirt_cleanup, libvirt_probe
+from migration_lab import ledger, tenant_env, where
+
+pytestmark = pytest.mark.lab
+
+TENANT = "mft"
+SPEC = {
+    "tenants": [
+        {
+            "name": TENANT,
+            "networks": [
+                {
+                    "name": "net",
+                    "cloud": "cloud_a",
+                    "subnet": "10.38.1.0/24",
+                    "vms": [
+                        {"name": "k1", "vcpus": 1, "memory": "128MiB", "disk": "64MiB",
+                         "ip": "10.38.1.10", "host": "mcm-a1"},
+                        {"name": "c1", "vcpus": 1, "memory": "128MiB", "disk": "64MiB",
+                         "ip": "10.38.1.11", "host": "mcm-a2"},
+                        {"name": "d1", "vcpus": 1, "memory": "128MiB", "disk": "64MiB",
+                         "ip": "10.38.1.12", "host": "mcm-a1"},
+                    ],
+                },
+            ],
+        }
+    ]
+}  # fmt: skip
+DST = "mcm-b1"
+DHCP_NS = "qdhcp-mft.net"
+POOL_DIR = "/var/lib/mcm/vms"
+FILL_MIB = 40  # random data in the guest's memory
+BANDWIDTH_MIB = 2
+NFT_TABLE = "mft_fault"
+TMPFS = "mft-full"  # the source name of the tmpfs mounted over the destination's pool
+MEASURED: dict[str, dict[str, float]] = {}
+
+
+@pytest.fixture(scope="module")
+def env(hosts, topology, tmp_path_factory):
+    try:
+        with tenant_env(tmp_path_factory.mktemp(TENANT), SPEC, TENANT) as env:
+            yield {**env, "topology": topology}
+    finally:
+        for name in ("mcm-a1", "mcm-a2", "mcm-b1"):
+            libvirt_cleanup(hosts[name], f"{TENANT}-")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def mac_on(host, domain: str) -> str:
+    return host.run("virsh domiflist %s", domain).stdout.split()[-1]
+
+
+def answers(hosts, ip: str) -> bool:
+    """The IP answers a ping from the tenant's DHCP namespace (wherever the VM runs)."""
+    for host in hosts.values():
+        if DHCP_NS in host.run("ip netns list").stdout:
+            return host.run("ip netns exec %s ping -c 3 -i 0.3 -W 1 %s", DHCP_NS, ip).rc == 0
+    raise AssertionError(f"no host has the namespace {DHCP_NS}")
+
+
+def disk_marker(host: str, domain: str) -> str:
+    [out] = console(host, domain, "cat /mnt/disk/marker")
+    return out["out"]
+
+
+def prepare_guest(src: str, domain: str) -> str:
+    """A marker on the guest's disk, random data in its memory; the marker."""
+    marker = f"{domain}-marker-{time.time_ns()}"
+    [wrote, filled] = console(
+        src, domain, f"echo {marker} > /mnt/disk/marker && sync",
+        f"head -c {FILL_MIB * 1048576} /dev/urandom > /dev/shm/fill; echo ok", timeout=300,
+    )  # fmt: skip
+    assert wrote["rc"] == 0 and filled["rc"] == 0, (wrote, filled)
+    return marker
+
+
+def start_migration(env, vm: str, *args: str) -> subprocess.Popen:
+    """migrate_instance.yml in the background (JSON callback on stdout)."""
+    environ = lab_env()
+    environ["ANSIBLE_STDOUT_CALLBACK"] = "ansible.posix.json"
+    environ["ANSIBLE_LOAD_CALLBACK_PLUGINS"] = "1"
+    argv = [str(BIN / "ansible-playbook"), "playbooks/migrate_instance.yml", *env["extra"],
+            "-e", f"instance={vm}", "-e", f"tenant={TENANT}", "-e", "to=cloud_b",
+            "-e", "mode=live-block", *args]  # fmt: skip
+    return subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def finish(proc: subprocess.Popen, timeout: float = 420) -> tuple[int, dict, str]:
+    """Wait (bounded) for a playbook started by start_migration: rc, JSON, stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"the playbook did not end within {timeout} s:\n{err[-3000:]}")
+    try:
+        data = json.loads(out)
+    except json.JSONDecodeError:
+        pytest.fail(f"no JSON (rc {proc.returncode}):\n{out[-3000:]}\n{err[-3000:]}")
+    return proc.returncode, data, err
+
+
+def migrate(env, vm: str, *args: str) -> tuple[int, dict]:
+    rc, data, _err = finish(start_migration(env, vm, *args))
+    return rc, data
+
+
+def wait_for_job(proc: subprocess.Popen, host, domain: str, timeout: float = 300) -> float:
+    """Until libvirt's migration job of ``domain`` runs on ``host``; its time (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _out, err = proc.communicate(timeout=30)
+            pytest.fail(f"the playbook ended (rc {proc.returncode}) before the job ran:\n"
+                        f"{err[-3000:]}")  # fmt: skip
+        if host.run("virsh domjobinfo %s | grep -q Unbounded", domain).rc == 0:
+            return time.monotonic()
+        time.sleep(1)
+    pytest.fail(f"the migration job of {domain} did not start within {timeout} s")
+
+
+def stop_message(data: dict) -> str:
+    """The message of the playbook's final 'Stop here' task."""
+    for play in data["plays"]:
+        for task in play["tasks"]:
+            if task["task"]["name"] == "Stop here":
+                return task["hosts"]["localhost"]["msg"]
+    raise AssertionError("the playbook did not reach 'Stop here':\n" + json.dumps(data)[-3000:])
+
+
+def assert_rolled_back(env, hosts, vm: str, src: str, *, rc: int, data: dict, mac: str,
+                       marker: str, reason: str) -> dict:  # fmt: skip
+    """The failed migration left the VM as it was; the ledger says failed. The row."""
+    domain = f"{TENANT}-{vm}"
+    assert rc != 0
+    message = stop_message(data)
+    assert f"of {TENANT}/{vm} failed" in message and "run on their source host" in message
+    assert reason.lower() in message.lower(), message
+    assert where(hosts, domain) == {src: "running"}, message
+    assert mac_on(hosts[src], domain) == mac
+    found = libvirt_probe(hosts[DST], f"{TENANT}-")
+    assert domain not in found["domains"], found["domains"].keys()
+    assert not [p for p in found["volumes"] if f"/{domain}." in p], found["volumes"]
+    assert hosts[DST].run("test -e %s/%s.qcow2", POOL_DIR, domain).rc != 0
+    assert answers(hosts, SPEC_IPS[vm])
+    assert disk_marker(src, domain) == marker
+    row = ledger(env)[-1]
+    assert row["status"] == "failed" and row["object"] == f"{TENANT}/{vm}", row
+    assert reason.lower() in row["error"].lower(), row
+    [result] = row["results"]
+    assert result["status"] == "failed" and result["error"], result
+    return row
+
+
+def assert_rerun_moves(env, hosts, vm: str, marker: str, mac: str) -> float:
+    """Without the fault the same migration succeeds; its wall time."""
+    domain = f"{TENANT}-{vm}"
+    started = time.monotonic()
+    rc, data = migrate(env, vm)
+    took = time.monotonic() - started
+    assert rc == 0, json.dumps(data)[-3000:]
+    assert where(hosts, domain) == {DST: "running"}
+    assert mac_on(hosts[DST], domain) == mac
+    assert answers(hosts, SPEC_IPS[vm])
+    assert disk_marker(DST, domain) == marker
+    row = ledger(env)[-1]
+    assert row["status"] == "completed" and row["object"] == f"{TENANT}/{vm}", row
+    return took
+
+
+SPEC_IPS = {vm["name"]: vm["ip"] for vm in SPEC["tenants"][0]["networks"][0]["vms"]}
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def libvirtd_running(host) -> bool:
+    return host.run("pgrep -x libvirtd").rc == 0
+
+
+def start_libvirtd(host, args: str = "libvirtd -d -l") -> None:
+    """As the lab's node-init (a service manager would): start it, wait until it answers."""
+    if not libvirtd_running(host):
+        assert host.run(args).rc == 0
+    for _attempt in range(30):
+        if host.run("virsh -c qemu:///system version").rc == 0:
+            return
+        time.sleep(1)
+    raise AssertionError("libvirtd does not answer 30 s after its start")
+
+
+@pytest.fixture
+def libvirtd_back(hosts):
+    host = hosts[DST]
+    args = host.run("sh -c %s", "tr '\\0' ' ' < /proc/$(pgrep -xo libvirtd)/cmdline").stdout
+    args = args.strip() or "libvirtd -d -l"
+    try:
+        yield args
+    finally:
+        start_libvirtd(host, args)
+
+
+@pytest.fixture
+def link_back(hosts):
+    try:
+        yield
+    finally:
+        hosts[DST].run("nft delete table inet %s", NFT_TABLE)
+
+
+def cut_link(host, peer: str) -> None:
+    """Drop TCP between ``peer`` and this host on its WAN leg (eth1), both ways."""
+    rules = (
+        f"add table inet {NFT_TABLE}\n"
+        f"add chain inet {NFT_TABLE} in {{ type filter hook input priority -10; }}\n"
+        f"add chain inet {NFT_TABLE} out {{ type filter hook output priority -10; }}\n"
+        f'add rule inet {NFT_TABLE} in iifname "eth1" ip saddr {peer} meta l4proto tcp drop\n'
+        f'add rule inet {NFT_TABLE} out oifname "eth1" ip daddr {peer} meta l4proto tcp drop\n'
+    )
+    result = host.run("sh -c %s", f"printf '%s' '{rules}' | nft -f -")
+    assert result.rc == 0, result.stderr
+
+
+def pool_mounted(host) -> bool:
+    mounts = host.run("cat /proc/self/mounts").stdout.splitlines()
+    return any(line.split()[:2] == [TMPFS, POOL_DIR] for line in mounts)
+
+
+def unmount_pool(host) -> None:
+    for _attempt in range(10):
+        if not pool_mounted(host):
+            break
+        host.run("rm -f %s/%s-filler", POOL_DIR, TENANT)
+        if host.run("umount %s", POOL_DIR).rc != 0:
+            time.sleep(2)
+    if pool_mounted(host):
+        host.run("umount -l %s", POOL_DIR)
+    host.run("virsh pool-refresh mcm")
+    assert not pool_mounted(host)
+
+
+@pytest.fixture
+def pool_back(hosts):
+    try:
+        yield
+    finally:
+        unmount_pool(hosts[DST])
+
+
+def mount_small_pool(host, size: str) -> None:
+    host.run("mkdir -p %s", POOL_DIR)
+    if pool_mounted(host):
+        result = host.run("mount -o remount,size=%s %s", size, POOL_DIR)
+    else:
+        result = host.run("mount -t tmpfs -o size=%s,mode=0755 %s %s", size, TMPFS, POOL_DIR)
+    assert result.rc == 0, result.stderr
+    assert host.run("virsh pool-refresh mcm").rc == 0
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_destination_libvirtd_killed_mid_migration(env, hosts, libvirtd_back):
+    vm, src, domain = "k1", "mcm-a1", f"{TENANT}-k1"
+    started = time.monotonic()
+    marker = prepare_guest(src, domain)
+    mac = mac_on(hosts[src], domain)
+    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
+    try:
+        wait_for_job(proc, hosts[src], domain)
+        assert hosts[DST].run("pkill -KILL -x libvirtd").rc == 0
+        time.sleep(5)
+        start_libvirtd(hosts[DST], libvirtd_back)
+        rc, data, _err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    failed_at = time.monotonic()
+    assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
+                       reason="migration failed")  # fmt: skip
+    rerun = assert_rerun_moves(env, hosts, vm, marker, mac)
+    MEASURED["libvirtd"] = {"fault_run_s": round(failed_at - started, 1),
+                            "rerun_s": round(rerun, 1),
+                            "total_s": round(time.monotonic() - started, 1)}  # fmt: skip
+    print("\nfault test timings (libvirtd):", json.dumps(MEASURED["libvirtd"]))
+
+
+def test_link_cut_mid_migration(env, hosts, link_back):
+    vm, src, domain = "c1", "mcm-a2", f"{TENANT}-c1"
+    started = time.monotonic()
+    marker = prepare_guest(src, domain)
+    mac = mac_on(hosts[src], domain)
+    peer = str(env["topology"].host(src).wan_ip)
+    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
+    try:
+        wait_for_job(proc, hosts[src], domain)
+        cut_link(hosts[DST], peer)
+        rc, data, _err = finish(proc)
+    finally:
+        hosts[DST].run("nft delete table inet %s", NFT_TABLE)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    failed_at = time.monotonic()
+    assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
+                       reason="migration failed")  # fmt: skip
+    rerun = assert_rerun_moves(env, hosts, vm, marker, mac)
+    MEASURED["link"] = {"fault_run_s": round(failed_at - started, 1), "rerun_s": round(rerun, 1),
+                        "total_s": round(time.monotonic() - started, 1)}  # fmt: skip
+    print("\nfault test timings (link):", json.dumps(MEASURED["link"]))
+
+
+def test_destination_disk_full(env, hosts, pool_back):
+    """Too small from the start: refused by the preflight. Filled while the guest writes
+    during the migration: the disk mirror fails. Then, unmounted, the move succeeds."""
+    vm, src, domain = "d1", "mcm-a1", f"{TENANT}-d1"
+    started = time.monotonic()
+    marker = prepare_guest(src, domain)
+    mac = mac_on(hosts[src], domain)
+
+    mount_small_pool(hosts[DST], "64k")
+    rc, data = migrate(env, vm)
+    assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
+                       reason="not enough space on the destination")  # fmt: skip
+    refused_at = time.monotonic()
+
+    # room for the disk as it is, not for 24 MiB more that the guest writes meanwhile
+    mount_small_pool(hosts[DST], "8m")
+    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
+    try:
+        wait_for_job(proc, hosts[src], domain)
+        [wrote] = console(src, domain, "dd if=/dev/urandom of=/mnt/disk/fill bs=1M count=24 "
+                          "2>&1; sync; rm -f /mnt/disk/fill; sync", timeout=240)  # fmt: skip
+        assert wrote["rc"] == 0, wrote
+        rc, data, _err = finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    failed_at = time.monotonic()
+    unmount_pool(hosts[DST])
+    assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
+                       reason="no space left on device")  # fmt: skip
+    rerun = assert_rerun_moves(env, hosts, vm, marker, mac)
+    MEASURED["disk"] = {"preflight_run_s": round(refused_at - started, 1),
+                        "mid_copy_run_s": round(failed_at - refused_at, 1),
+                        "rerun_s": round(rerun, 1),
+                        "total_s": round(time.monotonic() - started, 1)}  # fmt: skip
+    print("\nfault test timings (disk):", json.dumps(MEASURED["disk"]))
