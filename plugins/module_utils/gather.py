@@ -35,7 +35,7 @@ from typing import Any
 from . import plan as planmod
 from . import spec as specmod
 from .naming import domain_name as derived_domain_name
-from .naming import router_leg_names
+from .naming import firewall_table, router_leg_names
 
 OWNER_RE = re.compile(r"^mcm:([a-z0-9-]+)/([a-z0-9-]+|~transit)$")
 DHCP_NS_RE = re.compile(r"^qdhcp-([a-z0-9-]+)\.([a-z0-9-]+)$")
@@ -80,8 +80,42 @@ def collect(check_mode: bool = False, attempts: int = 3, pause: float = 2.0) -> 
             "addresses": gathered["address"],
             "dnsmasq": dhcp.gathered,
             "vms": vms,
+            "nft_tables": _nft_tables([n["name"] for n in gathered["netns"]]),
         }
     raise AssertionError("unreachable")
+
+
+def _nft_tables(namespaces: Iterable[str]) -> list[dict[str, str]]:
+    """The nftables tables (``{namespace, family, name}``) of the router namespaces.
+
+    Security groups and floating addresses are not gathered into the spec yet: a tenant
+    whose router has its table is left out rather than written without them (re-applied,
+    that spec would delete the rules). nft -j through ip netns exec, as the firewall
+    engine reads them (docs/security.md).
+    """
+    import shutil
+    import subprocess
+
+    from .firewall import NftCommand
+
+    nft = shutil.which("nft")
+    if nft is None:
+        return []
+
+    def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False,
+                              timeout=30)  # fmt: skip
+        return done.returncode, done.stdout, done.stderr
+
+    reader = NftCommand(run, nft)
+    out = []
+    for namespace in sorted(n for n in namespaces if n.startswith("qrouter-")):
+        for entry in reader.ruleset(namespace):
+            table = entry.get("table")
+            if table:
+                out.append({"namespace": namespace, "family": table.get("family", ""),
+                            "name": table.get("name", "")})  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -426,6 +460,18 @@ def _differences(
             out.append(
                 f"addresses of {key[1]} in {key[0]}: planned {want_addr.get(key, [])}, "
                 f"found {have_addr.get(key, [])}"
+            )
+    want_nft = {
+        (f["namespace"], f["table"])
+        for f in host_plan.get("firewall", [])
+        if f["state"] == "present"
+    }
+    ours = firewall_table(tenant)
+    for table in fact.get("nft_tables", []):
+        if table["name"] == ours and (table["namespace"], ours) not in want_nft:
+            out.append(
+                f"nftables table {table['family']} {ours} in {table['namespace']}: would be "
+                "removed (security groups and floating addresses are not gathered yet)"
             )
     want_dhcp = {d["name"]: d for d in host_plan["dnsmasq"]}
     have_dhcp = {

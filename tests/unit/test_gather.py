@@ -375,3 +375,19 @@ def test_a_tenant_routed_across_clouds_round_trips_and_needs_every_cloud():
     result = build(facts, tenants=["two"])
     assert result["tenants"] == []
     assert "mcm-a2 of its clouds were not gathered" in result["skipped"][0]["reason"]
+
+
+def test_a_tenant_with_a_firewall_table_is_left_out_until_rules_are_gathered():
+    """Security groups and floating addresses are not gathered: written without them, the
+    spec would delete the tenant's table when re-applied, so the tenant is left out."""
+    facts = facts_of(SPEC)
+    router = next(n["name"] for n in facts["mcm-a1"]["netns"] if n["name"] == "qrouter-gth")
+    facts["mcm-a1"]["nft_tables"] = [
+        {"namespace": router, "family": "inet", "name": "mcm-gth"},
+        {"namespace": router, "family": "inet", "name": "someone-elses"},
+    ]
+    result = build(facts)
+    assert result["tenants"] == ["oth"]
+    [skip] = result["skipped"]
+    assert "nftables table inet mcm-gth in qrouter-gth: would be removed" in skip["reason"]
+    assert "someone-elses" not in skip["reason"]
