@@ -102,6 +102,13 @@ integration: lab
 test: deps lint lab
 	$(PY) -m pytest tests/unit tests/integration
 
-# Benchmarks (not part of make test): bring-up at scale next to a per-step baseline.
+# Benchmarks (not part of make test; docs/performance.md): each prints our figure next to a
+# baseline measured in the same run, checks both reached the same end state and writes
+# bench/results/*.json. About 25 min on an idle 2-core lab; `make bench BENCH_QUICK=1` runs
+# each with the fewest runs (a few minutes, figures only indicative).
+BENCH_QUICK ?=
 bench: lab
-	$(PY) bench/bringup.py
+	$(PY) bench/bringup.py $(if $(BENCH_QUICK),--sizes 10)
+	$(PY) bench/migration_downtime.py $(if $(BENCH_QUICK),--runs 2)
+	$(PY) bench/cold_copy.py $(if $(BENCH_QUICK),--runs 1)
+	$(PY) bench/subnet_migration.py --runs 1
