@@ -192,8 +192,8 @@ class TestSetupOvs:
         print(f"setup_ovs first run: {time.monotonic() - started:.1f} s")
         for name, host in ovs_lab.items():
             me, peer = IDS[name], IDS[next(h for h in OVS_HOSTS if h != name)]
-            bridges = {b["name"]: b for b in ovs_json(host, "--columns=name,datapath_type",
-                                                       "list", "Bridge")}  # fmt: skip
+            found = ovs_json(host, "--columns=name,datapath_type", "list", "Bridge")
+            bridges = {b["name"]: b for b in found}
             assert bridges["xenbr0"]["datapath_type"] == "netdev"
             assert bridges["ovsul0"]["datapath_type"] == "netdev"
             assert sh(host, "ovs-vsctl list-ports ovsul0").split() == ["eth0"]

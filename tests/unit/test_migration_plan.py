@@ -153,13 +153,25 @@ def test_check_mode_estimate_lines():
     flt = importlib.import_module(
         "ansible_collections.multicloud.migration.plugins.filter.migration"
     )
+    web1 = {
+        "mode": "live-block",
+        "memory_bytes": 128 << 20,
+        "disk_bytes": 4 << 20,
+        "estimated_seconds": 1.32,
+        "bandwidth_mib": 100,
+        "bandwidth_assumed": True,
+    }
+    web2 = {
+        "mode": "cold",
+        "memory_bytes": 0,
+        "disk_bytes": 64 << 20,
+        "estimated_seconds": 0.64,
+        "bandwidth_mib": 100,
+        "bandwidth_assumed": False,
+    }
     planned = [
-        {"item": {"key": "acme/web1"}, "plan": {"mode": "live-block", "memory_bytes": 128 << 20,
-         "disk_bytes": 4 << 20, "estimated_seconds": 1.32, "bandwidth_mib": 100,
-         "bandwidth_assumed": True}},
-        {"item": {"key": "acme/web2"}, "plan": {"mode": "cold", "memory_bytes": 0,
-         "disk_bytes": 64 << 20, "estimated_seconds": 0.64, "bandwidth_mib": 100,
-         "bandwidth_assumed": False}},
+        {"item": {"key": "acme/web1"}, "plan": web1},
+        {"item": {"key": "acme/web2"}, "plan": web2},
         {"item": {"key": "acme/db1"}, "skipped": True},
     ]  # fmt: skip
     head, web1, web2, total = flt.migration_estimate(planned)
