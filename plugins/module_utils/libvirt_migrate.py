@@ -372,6 +372,61 @@ def hash_zeros(digest: Any, length: int) -> None:
         digest.update(ZEROS[:rest])
 
 
+# The checksum of a cold copy: sha256 over the sha256 of each 1 MiB block of the volume's
+# content, holes read as zeros (the last block may be shorter). As strong as a plain
+# sha256 of the content, but a hole costs one 32-byte update per MiB instead of hashing its
+# zeros: a 4 GiB disk holding 200 MiB of data hashes 200 MiB, not 4 GiB, on each side.
+CHECKSUM_ALGORITHM = "sha256-1mib-blocks"
+BLOCK = MIB
+ZERO_BLOCK_DIGEST = hashlib.sha256(bytes(BLOCK)).digest()
+
+
+class BlockDigest:
+    """CHECKSUM_ALGORITHM, fed with data (``update``) and holes (``zeros``) in any split:
+    the result depends on the content only."""
+
+    def __init__(self) -> None:
+        self._outer = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._filled = 0
+
+    def _close_block(self) -> None:
+        self._outer.update(self._block.digest())
+        self._block = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(BLOCK - self._filled, len(view))
+            self._block.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == BLOCK:
+                self._close_block()
+
+    def zeros(self, length: int) -> None:
+        if self._filled:  # the rest of a block data started
+            take = min(BLOCK - self._filled, length)
+            hash_zeros(self._block, take)
+            self._filled += take
+            length -= take
+            if self._filled == BLOCK:
+                self._close_block()
+        full, rest = divmod(length, BLOCK)
+        for _block in range(full):
+            self._outer.update(ZERO_BLOCK_DIGEST)
+        if rest:  # only reached with no block open (a longer hole closed it above)
+            hash_zeros(self._block, rest)
+            self._filled = rest
+
+    def hexdigest(self) -> str:
+        outer = self._outer.copy()
+        if self._filled:
+            outer.update(self._block.digest())
+        return outer.hexdigest()
+
+
 def _volume_xml(name: str, capacity: int, fmt: str) -> str:
     return (
         f"<volume><name>{escape(name)}</name>"
@@ -1223,10 +1278,10 @@ class Migration:
         )
         result = {
             "path": disk["path"],
-            "algorithm": "sha256",
-            "source": sent["sha256"],
-            "destination": check["sha256"],
-            "match": sent["sha256"] == check["sha256"],
+            "algorithm": CHECKSUM_ALGORITHM,
+            "source": sent["checksum"],
+            "destination": check["checksum"],
+            "match": sent["checksum"] == check["checksum"],
             "bytes": sent["bytes"],
             "data_bytes": sent["data_bytes"],
             "hole_bytes": sent["hole_bytes"],
@@ -1236,7 +1291,7 @@ class Migration:
         if not result["match"]:
             raise MigrationError(
                 f"{self.label}: checksum of {disk['path']} differs on the destination "
-                f"({check['sha256']} != {sent['sha256']}): the copy is not trusted",
+                f"({check['checksum']} != {sent['checksum']}): the copy is not trusted",
                 phase="verify",
                 checksum=[result],
             )
@@ -1279,8 +1334,9 @@ def stream_volume(
 ) -> dict[str, Any]:
     """Download a volume (sparse when libvirt can), upload it when ``dst_vol`` is given.
 
-    The sha256 covers the volume's byte content with holes read as zeros. Bounded by the
-    deadline and by an iteration count derived from ``total``.
+    The checksum (CHECKSUM_ALGORITHM, ``checksum`` in the result) covers the volume's byte
+    content with holes read as zeros. Bounded by the deadline and by an iteration count
+    derived from ``total``.
     """
     sparse_down = _flag("VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM")
     sparse_up = _flag("VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM")
@@ -1288,7 +1344,7 @@ def stream_volume(
     sparse = bool(sparse_down and stop_at_hole and (dst_vol is None or sparse_up))
     down = src_conn.newStream(0)
     up = dst_conn.newStream(0) if dst_vol is not None else None
-    digest = hashlib.sha256()
+    digest = BlockDigest()
     data_bytes = hole_bytes = 0
     try:
         src_vol.download(down, 0, 0, sparse_down if sparse else 0)
@@ -1305,7 +1361,7 @@ def stream_volume(
                 length = down.recvHole(0)
                 if up is not None:
                     up.sendHole(length, 0)
-                hash_zeros(digest, length)
+                digest.zeros(length)
                 hole_bytes += length
             elif not got:
                 break
@@ -1334,7 +1390,7 @@ def stream_volume(
                 pass  # already finished or broken: nothing more to release
         raise
     return {
-        "sha256": digest.hexdigest(),
+        "checksum": digest.hexdigest(),
         "bytes": data_bytes + hole_bytes,
         "data_bytes": data_bytes,
         "hole_bytes": hole_bytes,

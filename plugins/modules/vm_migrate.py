@@ -22,8 +22,9 @@ description:
     file is left on the source (RV(source_disks_left)).
   - V(cold) - the domain is shut off (ACPI, at most O(shutdown_timeout) seconds, then a
     hard stop), each disk volume is streamed with C(virStorageVolDownload) /
-    C(virStorageVolUpload) (sparse streams, holes are not sent), hashed with sha256 on the
-    way and hashed again on the destination, then the domain is defined there with the same
+    C(virStorageVolUpload) (sparse streams, holes are not sent), hashed on the way and
+    hashed again on the destination (sha256 over the sha256 of each 1 MiB block, holes read
+    as zeros; a hole costs one 32-byte update per MiB), then the domain is defined there with the same
     XML (same UUID and MAC) and started when it was running. The source stays defined and
     shut off (its autostart turned off), for a later confirm or revert.
   - V(auto) picks V(live) when every disk is under O(shared_paths), else V(live-block) for
@@ -281,7 +282,7 @@ progress:
   elements: dict
 checksum:
   description:
-    - V(cold) - per copied disk C(path), C(algorithm) (sha256), C(source) (hash of the bytes
+    - V(cold) - per copied disk C(path), C(algorithm) (V(sha256-1mib-blocks)), C(source) (hash of the bytes
       sent), C(destination) (hash read back on the destination), C(match), C(bytes),
       C(data_bytes), C(hole_bytes), C(sparse), C(seconds).
   returned: always (null unless cold)

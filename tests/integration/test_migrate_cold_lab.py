@@ -86,7 +86,7 @@ def test_cold_then_revert_then_cold_then_confirm(env, hosts):
     [result] = row["results"]
     assert result["mode"] == "cold" and result["status"] == "moved"
     [disk] = result["checksum"]
-    assert disk["source"] == disk["destination"] and disk["algorithm"] == "sha256", disk
+    assert disk["source"] == disk["destination"] and disk["algorithm"] == "sha256-1mib-blocks", disk
     assert row["bytes"] > 0 and row["started"] and row["ended"]
     assert hosts["mcm-b1"].run("virsh domiflist %s", COLD).stdout.split()[-1] == mac
     assert answers(hosts, COLD_IP)
