@@ -8,8 +8,9 @@ vm module). It moves from mcm-a1 (cloud_a) to mcm-b1 (cloud_b) over the lab's WA
 
 - ours: one ``multicloud.migration.vm_migrate`` task, mode cold, its defaults (TLS): the
   volume is streamed sparse-aware with a checksum on both sides (sha256-1mib-blocks: the
-  sha256 of each 1 MiB block's sha256; the destination's copy is read back and hashed), then the domain is defined on mcm-b1; figures: the module's
-  wall time (``stats.wall_ms``: copy, checksums and define) and its copy time;
+  sha256 of each 1 MiB block's sha256; the destination's copy is read back and hashed),
+  then the domain is defined on mcm-b1; figures: the module's wall time
+  (``stats.wall_ms``: copy, checksums and define) and its copy time;
 - scp: ``scp`` of the same file from mcm-a1 to an sshd the benchmark starts on mcm-b1
   (port 2222, its own host key and authorized key, stopped afterwards), timed on mcm-a1;
   also shown with a sha256 (Python's hashlib, like the module) of both ends afterwards
@@ -18,7 +19,8 @@ vm module). It moves from mcm-a1 (cloud_a) to mcm-b1 (cloud_b) over the lab's WA
   (which mcm-b1 sees): what moving the data costs on this machine without a network.
 
 Same end state: the sha256 of every copy equals the source's, and the checksum ours
-reports equals the sha256-1mib-blocks of the source computed here. The apparent size and the allocation of each copy are recorded.
+reports equals the sha256-1mib-blocks of the source computed here. The apparent size and
+the allocation of each copy are recorded.
 
     .venv/bin/python bench/cold_copy.py [--runs 3]
 

@@ -184,7 +184,7 @@ after:
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    import ovs.db.idl  # noqa: F401  (python3-openvswitch)
+    import ovs.db.idl  # noqa: F401  pylint: disable=unused-import  (python3-openvswitch)
 
     HAS_OVS = True
     OVS_IMPORT_ERROR = None

@@ -164,7 +164,7 @@ def test_abort_of_a_running_live_migration(env, hosts):
         rc, data = playbook(env, "abort_migration.yml", "-e", f"id={row['id']}")
         assert rc == 0, messages(data)[-3000:]
         assert "aborted the migration job of mcd/x1" in messages(data)
-        out, _ = proc.communicate(timeout=300)
+        out, _err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -88,7 +88,7 @@ def mac_and_disk(host) -> tuple[str, str]:
 
 
 def pings(host, namespace: str, ip: str, attempts: int = 10) -> bool:
-    for _ in range(attempts):  # bounded: the FDB of the stretched segment may still learn
+    for _attempt in range(attempts):  # bounded: the FDB of the stretched segment may still learn
         if host.run("ip netns exec %s ping -c 2 -i 0.3 -W 1 %s", namespace, ip).rc == 0:
             return True
         time.sleep(2)

@@ -104,7 +104,7 @@ def ovs_cleanup(host, before: dict) -> None:
         pid = host.run(f"cat {RUN}/{daemon}.pid").stdout.strip()
         if pid.isdigit():
             host.run(f"kill {pid}")
-            for _ in range(20):
+            for _attempt in range(20):
                 if host.run(f"kill -0 {pid}").rc != 0:
                     break
                 time.sleep(0.25)

@@ -80,7 +80,7 @@ def stop_pings(host: Any) -> None:
     for vm in VMS:
         _out, pidfile = ping_files(vm)
         host.run("test -s %s && kill -INT $(cat %s)", pidfile, pidfile)
-    for _ in range(50):
+    for _attempt in range(50):
         alive = [vm for vm in VMS if host.run("kill -0 $(cat %s)", ping_files(vm)[1]).rc == 0]
         if not alive:
             return
@@ -136,7 +136,7 @@ def add_client(host: Any) -> None:
 
 def answers(host: Any, ip: str) -> bool:
     """Bounded: up to 20 rounds of 3 pings."""
-    for _ in range(20):
+    for _attempt in range(20):
         if host.run("ip netns exec %s ping -n -c 3 -i 0.3 -W 1 %s", CLIENT_NS, ip).rc == 0:
             return True
         time.sleep(1)
@@ -286,7 +286,7 @@ def test_subnet_moves_losing_at_most_a_few_pings_per_vm(env, hosts):
     [sent] = console("mcm-b1", f"{TENANT}-p1", "kill -USR1 $(pidof udhcpc)")
     assert sent["rc"] == 0, sent
     renewed = None
-    for _ in range(30):
+    for _attempt in range(30):
         renewed = lease_expiry(b1, VMS["p1"])
         if renewed is not None and renewed > before:
             break

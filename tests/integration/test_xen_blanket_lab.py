@@ -57,7 +57,7 @@ def xen_host(hosts):
 
 def test_setup_xen_blanket_up_to_the_reboot(xen_host):
     started = time.monotonic()
-    _, changed, messages = run_play()
+    _stats, changed, messages = run_play()
     print(f"setup_xen_blanket first run: {time.monotonic() - started:.1f} s")
     assert "Grub defaults booting Xen with the dom0 limits" in changed
     assert "Update grub" not in changed  # the root is an overlay: skipped
@@ -69,9 +69,9 @@ def test_setup_xen_blanket_up_to_the_reboot(xen_host):
     assert any("xen-system-amd64" in m for m in messages), messages  # reported, not installed
     assert any("update-grub was not run here" in m for m in messages), messages
     started = time.monotonic()
-    _, again, _ = run_play()
+    _stats, again, _messages = run_play()
     print(f"setup_xen_blanket second run: {time.monotonic() - started:.1f} s")
     assert again == []
-    _, ovs, _ = run_play("-e", "xen_blanket_backend=ovs")
+    _stats, ovs, _messages = run_play("-e", "xen_blanket_backend=ovs")
     assert ovs == ["The xl toolstack plugs guests into the overlay bridge"]
     assert 'vif.default.script="vif-openvswitch"' in xen_host.file(XL).content_string

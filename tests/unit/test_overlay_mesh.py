@@ -16,7 +16,8 @@ GROUPS = {"cloud_a": ["mcm-a1", "mcm-a2"], "cloud_b": ["mcm-b1"]}
 CLOUDS = ["cloud_a", "cloud_b"]
 
 
-def nodes(hostvars=HOSTVARS):
+def nodes(hostvars=None):
+    hostvars = HOSTVARS if hostvars is None else hostvars
     return overlay.nodes_from_inventory(list(hostvars), hostvars, GROUPS, CLOUDS)
 
 
