@@ -184,7 +184,8 @@ after:
 from ansible.module_utils.basic import AnsibleModule
 
 try:
-    import ovs.db.idl  # noqa: F401  pylint: disable=unused-import  (python3-openvswitch)
+    # python3-openvswitch: imported to know it is there
+    import ovs.db.idl  # noqa: F401  pylint: disable=unused-import
 
     HAS_OVS = True
     OVS_IMPORT_ERROR = None
