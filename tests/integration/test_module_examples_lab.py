@@ -155,7 +155,8 @@ class Runner:
     tear-down, which also runs first, for what a killed earlier run left); setup_tasks:
     tasks run in the play before the examples; before(hosts): a prerequisite of the lab
     that stays; play_vars(examples): the variables the examples refer to;
-    verify(results by example task name, hosts): checks of the outcome.
+    verify(results by example task name, hosts): checks of the outcome; cleanup: shell run
+    on each tear-down host by the tear-down (before the set-up and after the play).
     """
 
     hosts: str = HOST
@@ -169,6 +170,7 @@ class Runner:
     play_vars: Callable[[list[dict]], dict] = lambda _examples: {}
     verify: Callable[[dict[str, dict], dict], None] | None = None
     flags: tuple[str, ...] = ()
+    cleanup: str = ""
 
 
 def link_vars(tasks: list[dict]) -> dict:
@@ -355,8 +357,58 @@ def verify_nft_ruleset(results: dict[str, dict], hosts: dict) -> None:
     assert "mcm-ex-acme" not in tables, tables
 
 
+# ovs_bridge: Open vSwitch is not running in the lab hosts until setup_ovs.yml starts it.
+# The set-up starts its daemons as the ovs role does (userspace datapath) and gives the host
+# the eth2 its second example attaches (one end of a veth pair: no dummy driver here); the
+# tear-down removes the bridge and eth2 and, when the set-up started them (marker file),
+# stops the daemons and deletes their database, as tests/integration/test_overlay_lab.py does.
+OVS_HOST = "mcm-a1"  # the examples' tunnel goes to 172.30.1.12, mcm-a2's underlay address
+OVS_MARK = "/run/mcm-example-ovs"
+OVS_SETUP = f"""
+ip link add eth2 type veth peer name ex-eth2p
+if ! pgrep -x ovsdb-server >/dev/null; then
+    touch {OVS_MARK}
+    mkdir -p /var/run/openvswitch /var/log/openvswitch
+    db=$(readlink -f /etc/openvswitch/conf.db)
+    mkdir -p "$(dirname "$db")"
+    [ -s "$db" ] || ovsdb-tool create "$db" /usr/share/openvswitch/vswitch.ovsschema
+    ovsdb-server /etc/openvswitch/conf.db --remote=punix:/var/run/openvswitch/db.sock \
+        --pidfile=/var/run/openvswitch/ovsdb-server.pid --no-chdir --detach \
+        --log-file=/var/log/openvswitch/ovsdb-server.log
+    ovs-vsctl --timeout=30 --no-wait init
+    ovs-vswitchd unix:/var/run/openvswitch/db.sock --pidfile=/var/run/openvswitch/ovs-vswitchd.pid \
+        --no-chdir --detach --log-file=/var/log/openvswitch/ovs-vswitchd.log
+fi
+"""
+OVS_CLEANUP = f"""
+if [ -S /var/run/openvswitch/db.sock ]; then
+    timeout 20 ovs-vsctl --timeout=15 --if-exists del-br xenbr0
+fi
+ip link del eth2 2>/dev/null
+if [ -e {OVS_MARK} ]; then
+    for d in ovs-vswitchd ovsdb-server; do
+        pid=$(cat /var/run/openvswitch/$d.pid 2>/dev/null) && kill "$pid"
+        for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.3; done
+        kill -9 "$pid" 2>/dev/null
+        rm -f /var/run/openvswitch/$d.pid /var/run/openvswitch/$d.*.ctl
+    done
+    rm -f /var/run/openvswitch/db.sock "$(readlink -f /etc/openvswitch/conf.db)" \
+        /var/lib/openvswitch/.conf.db.~lock~
+    rm -f {OVS_MARK}
+    rmdir /var/run/openvswitch 2>/dev/null
+fi
+true
+"""
+
+
 RUNNERS: dict[str, Runner] = {
     "netns": Runner(),
+    "ovs_bridge": Runner(
+        hosts=OVS_HOST,
+        teardown=(OVS_HOST,),
+        setup={OVS_HOST: OVS_SETUP},
+        cleanup=OVS_CLEANUP,
+    ),
     # the router namespace qrouter-ex-acme with its leg on the web segment
     "nft_ruleset": Runner(setup={HOST: NET_WEB + NET_ADDRESSES}, verify=verify_nft_ruleset),
     "host_network": Runner(setup_tasks=host_network_setup, verify=verify_host_network),
@@ -456,6 +508,8 @@ def tear_down(runner: Runner, hosts: dict) -> None:
         if runner.guests:
             guest_teardown(node)
         node.run("sh -c %s", NET_TEARDOWN)
+        if runner.cleanup:
+            node.run("sh -c %s", runner.cleanup)
 
 
 TIMINGS: dict[str, float] = {}
@@ -507,12 +561,9 @@ def test_examples_run_and_are_idempotent(module, hosts, tmp_path):
     finally:
         tear_down(runner, hosts)
         TIMINGS[module] = round(time.monotonic() - started, 1)
+        print(f"\n{module} examples: {TIMINGS[module]} s")
     for name in runner.teardown:
         left = sh(hosts[name], LEFT_OVER).strip()
         assert not left, f"the tear-down of {module} left on {name}:\n{left}"
         if runner.guests:
             assert libvirt_probe(hosts[name], PREFIX) == {"domains": {}, "volumes": []}
-
-
-def test_zz_report_timings():
-    print("\nexamples timings (s):", TIMINGS, "total", round(sum(TIMINGS.values()), 1))
