@@ -222,6 +222,29 @@ def delete_tenant(tenant: str) -> None:
               flush=True)  # fmt: skip
 
 
+_LIBVIRT_CLEANUP = r"""
+import libvirt
+conn = libvirt.open("qemu:///system")
+for dom in conn.listAllDomains(0):
+    if dom.name().startswith(@PREFIX@):
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefine()
+for pool in conn.listAllStoragePools(0):
+    if pool.isActive():
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            if vol.name().startswith(@PREFIX@):
+                vol.delete(0)
+"""
+
+
+def libvirt_cleanup(prefix: str) -> str:
+    """Python run on a lab host: removes every domain and volume named ``prefix``*."""
+    return _LIBVIRT_CLEANUP.replace("@PREFIX@", json.dumps(prefix))
+
+
 def domains_on(hosts: Iterable[str], prefix: str) -> dict[str, dict[str, str]]:
     """{host: {domain: state}} of the domains whose name starts with ``prefix``."""
     out: dict[str, dict[str, str]] = {}

@@ -46,6 +46,7 @@ from benchlib import (
     WAN,
     BenchError,
     checked_playbook,
+    libvirt_cleanup,
     load,
     machine,
     playbook,
@@ -94,22 +95,7 @@ print(json.dumps({"sha256": digest.hexdigest(), "sha256_s": round(time.monotonic
                   "size": st.st_size, "allocated": st.st_blocks * 512}))
 """
 # The domains and volumes bncold-* on a host: removed.
-CLEANUP = r"""
-import libvirt
-conn = libvirt.open("qemu:///system")
-for dom in conn.listAllDomains(0):
-    if dom.name().startswith("bncold-"):
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefine()
-for pool in conn.listAllStoragePools(0):
-    if pool.isActive():
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith("bncold-"):
-                vol.delete(0)
-"""
+CLEANUP = libvirt_cleanup("bncold-")
 
 
 def _sigterm(_signum: int, _frame: object) -> None:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from benchlib import libvirt_cleanup
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -44,22 +45,7 @@ ENV = {
     "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
     "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
 }
-CLEANUP = r"""
-import libvirt
-conn = libvirt.open("qemu:///system")
-for dom in conn.listAllDomains(0):
-    if dom.name().startswith("mgbench-"):
-        if dom.isActive():
-            dom.destroy()
-        if dom.isPersistent():
-            dom.undefine()
-for pool in conn.listAllStoragePools(0):
-    if pool.isActive():
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            if vol.name().startswith("mgbench-"):
-                vol.delete(0)
-"""
+CLEANUP = libvirt_cleanup("mgbench-")
 
 
 def on_host(host: str, script: str) -> None:
