@@ -16,11 +16,12 @@ from ansible_collections.multicloud.migration.plugins.module_utils import overla
 
 def overlay_mesh(hosts: list[str], hostvars: Mapping[str, Any], groups: Mapping[str, Any],
                  clouds: list[str], me: str, *, private_var: str = "overlay_private_ip",
-                 public_var: str = "overlay_public_ip") -> dict[str, Any]:  # fmt: skip
+                 public_var: str = "overlay_public_ip", encryption: str = "none",
+                 tinc_subnet: str = overlay.TINC_SUBNET) -> dict[str, Any]:  # fmt: skip
     try:
         nodes = overlay.nodes_from_inventory(list(hosts), hostvars, groups, list(clouds),
                                              private_var=private_var, public_var=public_var)  # fmt: skip
-        return overlay.mesh(nodes, me)
+        return overlay.mesh(nodes, me, encryption=str(encryption), tinc_subnet=str(tinc_subnet))
     except overlay.OverlayError as exc:
         raise AnsibleFilterError(str(exc)) from exc
 

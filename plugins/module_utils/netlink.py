@@ -1560,10 +1560,32 @@ def learned_fdb(messages: Iterable[Any], index: int) -> list[tuple[str, str]]:
     return sorted(out)
 
 
-def _forget_learned(ipr: Any, index: int) -> None:
-    """Delete what a VXLAN device learned. The kernel keeps learned entries when learning is
-    switched off, and they would then never follow a MAC that moves to another peer."""
-    for mac, dst in learned_fdb(ipr.get_neighbours(family=AF_BRIDGE), index):
+def orphaned_fdb(
+    messages: Iterable[Any], index: int, removed: Iterable[str]
+) -> list[tuple[str, str]]:
+    """(mac, dst) learned by the VXLAN device ``index`` behind a remote in ``removed`` that
+    no static entry of the device points at any more: until they age out, they would still
+    send unicast frames to a peer that left the flood list (or to its old address)."""
+    messages = list(messages)
+    kept = {
+        msg.get_attr("NDA_DST")
+        for msg in messages
+        if msg["ifindex"] == index and msg["flags"] & NTF_SELF
+        and msg["state"] & (NUD_PERMANENT | NUD_NOARP)
+    }  # fmt: skip
+    gone = set(removed) - kept
+    return [(mac, dst) for mac, dst in learned_fdb(messages, index) if dst in gone]
+
+
+def _forget_learned(ipr: Any, index: int, removed: Iterable[str] | None = None) -> None:
+    """Delete what a VXLAN device learned (behind the remotes ``removed`` only, if given).
+    The kernel keeps learned entries when learning is switched off, and they would then
+    never follow a MAC that moves to another peer."""
+    messages = ipr.get_neighbours(family=AF_BRIDGE)
+    entries = (
+        learned_fdb(messages, index) if removed is None else orphaned_fdb(messages, index, removed)
+    )
+    for mac, dst in entries:
         try:
             ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst)
         except NetlinkError as exc:
@@ -1833,7 +1855,22 @@ def apply_fdb(
             dst=details["dst"],
         )
 
-    _apply_each(changes, one)
+    done: list[Change] = []
+    _apply_each(changes, one, done)
+    # A remote no longer listed (a peer gone, or its address changed): what the device
+    # learned behind it goes too, so that frames to those MACs are flooded to the listed
+    # peers instead of still going, unicast, to the old address.
+    removed: dict[Key, set[str]] = {}
+    for change in changes:
+        if change["action"] == "delete":
+            key = (change["namespace"], change["details"]["device"])
+            removed.setdefault(key, set()).add(change["details"]["dst"])
+    for key, dsts in removed.items():
+        try:
+            _forget_learned(session.ipr(key[0]), _index_of(links, key, session), dsts)
+        except (NetlinkError, OSError) as exc:
+            where = f"fdb on {key[1]}: forgetting what was learned behind {sorted(dsts)}"
+            raise NetlinkStateError(f"{where}: {_nl_error_text(exc)}", done) from exc
 
 
 # ---------------------------------------------------------------------------------------

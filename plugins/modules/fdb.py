@@ -17,9 +17,12 @@ description:
   - Entries are appended, so several peers of one MAC coexist.
   - A resource module. It reads what exists, compares it with O(config), returns the list
     of changes and applies them only outside check mode.
-  - Entries of our kind are static (permanent, C(self)) entries with a destination;
-    learned entries are never touched. Entries are only removed from VXLAN devices of ours
-    (alias starting with C(mcm:), see M(multicloud.migration.link)).
+  - Entries of our kind are static (permanent, C(self)) entries with a destination.
+    Learned entries are left alone, except that removing the last static entry towards a
+    remote also removes what the device learned behind that remote - frames to those MACs
+    would otherwise keep going, unicast, to a peer no longer listed (or to its old
+    address) until the entries age out. Entries are only removed from VXLAN devices of
+    ours (alias starting with C(mcm:), see M(multicloud.migration.link)).
 author: multicloud.migration contributors (@multicloud)
 requirements:
   - pyroute2 (0.7.2 or later) on the managed host

@@ -503,3 +503,21 @@ def test_learned_fdb_entries_are_told_from_ours():
         ("52:54:00:aa:00:01", "172.30.1.12"),
         ("52:54:00:aa:00:02", "172.30.0.21"),
     ]
+
+
+def test_entries_learned_behind_a_removed_remote_are_orphaned():
+    """A remote that left the flood list: what was learned behind it goes, unless a static
+    entry still points at it; other remotes and other devices keep theirs."""
+    reachable = 0x02
+    msgs = [
+        _Neigh(7, nl.NTF_SELF, nl.NUD_PERMANENT, "00:00:00:00:00:00", "10.251.0.3"),  # new
+        _Neigh(7, nl.NTF_SELF, reachable, "52:54:00:aa:00:01", "172.30.0.21"),  # old address
+        _Neigh(7, nl.NTF_SELF, reachable, "52:54:00:aa:00:02", "172.30.1.12"),  # still listed
+        _Neigh(7, nl.NTF_SELF, nl.NUD_PERMANENT, "00:00:00:00:00:00", "172.30.1.12"),
+        _Neigh(7, nl.NTF_SELF, reachable, "52:54:00:aa:00:03", "172.30.0.22"),  # removed, but
+        _Neigh(7, nl.NTF_SELF, nl.NUD_NOARP, "52:54:00:aa:00:09", "172.30.0.22"),  # static
+        _Neigh(8, nl.NTF_SELF, reachable, "52:54:00:aa:00:04", "172.30.0.21"),  # other device
+    ]
+    removed = ["172.30.0.21", "172.30.1.12", "172.30.0.22"]
+    assert nl.orphaned_fdb(iter(msgs), 7, removed) == [("52:54:00:aa:00:01", "172.30.0.21")]
+    assert nl.orphaned_fdb(msgs, 7, []) == []

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import pytest
+from ansible.errors import AnsibleFilterError
 
+from ansible_collections.multicloud.migration.plugins.filter.overlay import overlay_mesh
 from ansible_collections.multicloud.migration.plugins.module_utils import overlay, ovsdb
 
 HOSTVARS = {
@@ -116,3 +118,102 @@ def test_ovs_a_new_bridge_and_a_port_listed_twice():
     with pytest.raises(ovsdb.OvsdbError, match="listed twice"):
         ovsdb.want_bridges({"bridges": [{"name": "a", "ports": [{"name": "p"}]},
                                         {"name": "b", "ports": [{"name": "p"}]}]})  # fmt: skip
+
+
+# --- tinc: the tunnels between clouds inside an encrypted network ------------------------
+
+
+def test_tinc_moves_only_the_tunnels_between_clouds_to_tinc_addresses():
+    a1 = overlay.mesh(nodes(), "mcm-a1", encryption="tinc")
+    assert [(p["host"], p["encrypted"], p["remote_ip"], p["local_ip"]) for p in a1["peers"]] == [
+        ("mcm-a2", False, "172.30.1.12", "172.30.1.11"),  # same cloud: plain, private
+        ("mcm-b1", True, "10.251.0.3", "10.251.0.1"),
+    ]
+    assert a1["flood"] == [{"dst": "172.30.1.12"}, {"dst": "10.251.0.3"}]
+    b1 = overlay.mesh(nodes(), "mcm-b1", encryption="tinc")
+    assert b1["flood"] == [{"dst": "10.251.0.1"}, {"dst": "10.251.0.2"}]
+    assert all(p["encrypted"] for p in b1["peers"])
+    plain = overlay.mesh(nodes(), "mcm-b1")
+    assert plain["tinc"] is None and not any(p["encrypted"] for p in plain["peers"])
+    assert plain["flood"] == [{"dst": "172.30.0.11"}, {"dst": "172.30.0.12"}]
+
+
+def test_tinc_node_connects_to_the_other_clouds_at_their_public_address():
+    a1 = overlay.mesh(nodes(), "mcm-a1", encryption="tinc", tinc_subnet="10.99.8.0/24")["tinc"]
+    assert a1 == {
+        "name": "mcm_a1", "ip": "10.99.8.1", "address": "10.99.8.1/24",
+        "connect_to": ["mcm_b1"],
+        "hosts": [
+            {"host": "mcm-a1", "name": "mcm_a1", "address": "172.30.0.11",
+             "subnet": "10.99.8.1/32"},
+            {"host": "mcm-b1", "name": "mcm_b1", "address": "172.30.0.21",
+             "subnet": "10.99.8.3/32"},
+        ],
+    }  # fmt: skip
+    b1 = overlay.mesh(nodes(), "mcm-b1", encryption="tinc")["tinc"]
+    assert b1["connect_to"] == ["mcm_a1", "mcm_a2"]
+    assert [h["name"] for h in b1["hosts"]] == ["mcm_a1", "mcm_a2", "mcm_b1"]
+
+
+def test_tinc_a_moved_public_address_changes_only_the_host_files_of_the_other_cloud():
+    moved = {**HOSTVARS, "mcm-a2": {**HOSTVARS["mcm-a2"], "overlay_public_ip": "172.30.0.99"}}
+    for me in ("mcm-a1", "mcm-b1"):
+        old = overlay.mesh(nodes(), me, encryption="tinc")
+        new = overlay.mesh(nodes(moved), me, encryption="tinc")
+        assert new["peers"] == old["peers"]  # the tunnels go to tinc addresses, unchanged
+        changed = [n for o, n in zip(old["tinc"]["hosts"], new["tinc"]["hosts"], strict=True)
+                   if o != n]  # fmt: skip
+        assert changed == ([] if me == "mcm-a1" else [
+            {"host": "mcm-a2", "name": "mcm_a2", "address": "172.30.0.99",
+             "subnet": "10.251.0.2/32"}])  # fmt: skip
+
+
+def test_tinc_names_keep_letters_digits_and_underscores():
+    assert overlay.tinc_name("node-1.cloud_b") == "node_1_cloud_b"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"encryption": "ipsec"}, "overlay_encryption 'ipsec' is not one of none, tinc"),
+        ({"encryption": "tinc", "tinc_subnet": "10.251.0.1/24"}, "not an IPv4 network"),
+        ({"encryption": "tinc", "tinc_subnet": "nope"}, "not an IPv4 network"),
+        ({"encryption": "tinc", "tinc_subnet": "10.251.0.0/31"}, r"mcm-a1: overlay_id 1 has no"),
+        ({"encryption": "tinc", "tinc_subnet": "10.251.0.0/30"}, r"mcm-b1: .* \(ids 1-2 fit"),
+    ],
+)
+def test_tinc_bad_settings_are_named(kwargs, message):
+    with pytest.raises(overlay.OverlayError, match=message):
+        overlay.mesh(nodes(), "mcm-a1", **kwargs)
+
+
+def test_tinc_an_id_beyond_the_subnet_and_names_that_collide_are_refused():
+    far = {**HOSTVARS, "mcm-b1": {**HOSTVARS["mcm-b1"], "overlay_id": 255}}
+    with pytest.raises(overlay.OverlayError, match="mcm-b1: overlay_id 255 has no address"):
+        overlay.mesh(nodes(far), "mcm-a1", encryption="tinc")
+    wider = overlay.mesh(nodes(far), "mcm-a1", encryption="tinc", tinc_subnet="10.251.0.0/23")
+    assert wider["tinc"]["hosts"][1]["subnet"] == "10.251.0.255/32"
+    twins = {**HOSTVARS, "mcm_a1": {"overlay_id": 9, "underlay_ip": "172.30.1.19"}}
+    groups = {**GROUPS, "cloud_a": [*GROUPS["cloud_a"], "mcm_a1"]}
+    with pytest.raises(overlay.OverlayError, match="tinc node name mcm_a1 is also the one of"):
+        overlay.mesh(overlay.nodes_from_inventory(list(twins), twins, groups, CLOUDS), "mcm-b1",
+                     encryption="tinc")  # fmt: skip
+    # without tinc, the names do not matter
+    overlay.mesh(overlay.nodes_from_inventory(list(twins), twins, groups, CLOUDS), "mcm-b1")
+
+
+def test_tinc_tunnels_as_ovs_ports_leave_from_the_tinc_address():
+    peers = overlay.mesh(nodes(), "mcm-a2", encryption="tinc")["peers"]
+    ports = overlay.tunnel_ports(peers, 4790, 5000)
+    assert [(p["name"], p["options"]["remote_ip"], p["options"]["local_ip"]) for p in ports] == [
+        ("vxo-1", "172.30.1.11", "172.30.1.12"), ("vxo-3", "10.251.0.3", "10.251.0.2")]  # fmt: skip
+
+
+def test_filter_passes_encryption_and_names_errors():
+    hosts = list(HOSTVARS)
+    mesh = overlay_mesh(hosts, HOSTVARS, GROUPS, CLOUDS, "mcm-b1", encryption="tinc",
+                        tinc_subnet="10.251.0.0/24")  # fmt: skip
+    assert mesh["tinc"]["connect_to"] == ["mcm_a1", "mcm_a2"]
+    with pytest.raises(AnsibleFilterError, match="overlay_tinc_subnet"):
+        overlay_mesh(hosts, HOSTVARS, GROUPS, CLOUDS, "mcm-b1", encryption="tinc",
+                     tinc_subnet="10.251.0.0/33")  # fmt: skip
