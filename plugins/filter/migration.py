@@ -36,20 +36,26 @@ def instance_migration(
     spec: Mapping[str, Any], clouds: list[str], groups: Mapping, hostvars: Mapping, *,
     placement: Mapping | None = None, existing: Mapping | None = None, vm: str,
     to: str, tenant: str | None = None, host: str | None = None, mode: str = "auto",
+    network_map: Any = None, storage_map: Any = None, disk_format: str | None = None,
+    new_ip: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     return _call(migration_plan.instance_migration, spec, (clouds, groups, hostvars),
                  (placement, existing), instance=vm, to=to, tenant=tenant or None,
-                 host=host or None, mode=mode)  # fmt: skip
+                 host=host or None, mode=mode, network_map=network_map or None,
+                 storage_map=storage_map or None, disk_format=disk_format or None,
+                 new_ip=new_ip or None)  # fmt: skip
 
 
 def subnet_migration(
     spec: Mapping[str, Any], clouds: list[str], groups: Mapping, hostvars: Mapping, *,
     placement: Mapping | None = None, existing: Mapping | None = None, subnet: str, to: str,
-    tenant: str | None = None, mode: str = "auto",
+    tenant: str | None = None, mode: str = "auto", network_map: Any = None,
+    storage_map: Any = None, disk_format: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     return _call(migration_plan.subnet_migration, spec, (clouds, groups, hostvars),
                  (placement, existing), subnet=subnet, to=to, tenant=tenant or None,
-                 mode=mode)  # fmt: skip
+                 mode=mode, network_map=network_map or None, storage_map=storage_map or None,
+                 disk_format=disk_format or None)  # fmt: skip
 
 
 def migration_reversal(
@@ -68,6 +74,7 @@ def migration_line(move: Mapping[str, Any]) -> str:
         f"({move['source_cloud']}) -> {move['destination']} ({move['destination_cloud']}) "
         f"via {move['destination_address']}, mode {move['mode']}"
         + (", disk on shared storage (stays)" if move.get("storage") == "shared" else "")
+        + "".join(f"; {change}" for change in move.get("mapping") or [])
     )
 
 
@@ -86,9 +93,44 @@ def migration_result(result: Mapping[str, Any]) -> dict[str, Any]:
         "downtime_ms": stats.get("downtime_ms"),
         "elapsed_ms": stats.get("elapsed_ms") or stats.get("time_elapsed_ms"),
         "checksum": result.get("checksum"),
+        # per copied disk: its format on each side and the checksum of what the guest sees
+        # (computed when the copy converted the disk)
+        "disks": [
+            {
+                "path": c.get("path"),
+                "destination_path": c.get("destination_path", c.get("path")),
+                "source_format": c.get("source_format"),
+                "destination_format": c.get("destination_format"),
+                "guest_checksum": c.get("destination") if c.get("content") == "guest" else None,
+            }
+            for c in result.get("checksum") or []
+        ],
+        "network": item.get("network"),
+        "ip": item.get("ip"),
+        "mapping": item.get("mapping") or [],
         "encryption": result.get("encryption"),
         "progress_samples": len(result.get("progress") or []),
+        "guest_resets": result.get("guest_resets") or [],
     }
+
+
+def source_disks_left(result: Mapping[str, Any]) -> list[str]:
+    """``HOST:PATH`` of each disk a live-block vm_migrate result left on its source."""
+    source = (result.get("item") or {}).get("source", "?")
+    return [f"{source}:{path}" for path in result.get("source_disks_left") or []]
+
+
+def migration_guest_resets(results: list[Mapping[str, Any]]) -> str | None:
+    """The ledger row's error when a moved guest was reset or crashed on its destination
+    (vm_migrate's guest_resets), or None."""
+    lines = []
+    for result in results:
+        for event in result.get("guest_resets") or []:
+            key = (result.get("item") or {}).get("key", "?")
+            lines.append(f"{key}: the guest was {'reset' if event.get('event') == 'reset' else 'crashed'}"
+                         f" on the destination ({event.get('after_s')} s after its migration ended): "
+                         "it lost its running state")  # fmt: skip
+    return "; ".join(lines) or None
 
 
 def migration_estimate(results: list[Mapping[str, Any]]) -> list[str]:
@@ -116,8 +158,9 @@ def migration_estimate(results: list[Mapping[str, Any]]) -> list[str]:
 
 
 def volume_names(paths: list[str]) -> list[dict[str, str]]:
-    """Volume paths as multicloud.migration.vm_volume config items (by file name)."""
-    return [{"name": str(p).rsplit("/", 1)[-1]} for p in paths]
+    """Volume paths as multicloud.migration.vm_volume config items (file name and path: a
+    deletion finds the volume in whichever pool holds its directory)."""
+    return [{"name": str(p).rsplit("/", 1)[-1], "path": str(p)} for p in paths]
 
 
 class FilterModule:
@@ -128,6 +171,8 @@ class FilterModule:
             "migration_reversal": migration_reversal,
             "migration_line": migration_line,
             "migration_result": migration_result,
+            "migration_guest_resets": migration_guest_resets,
+            "source_disks_left": source_disks_left,
             "migration_estimate": migration_estimate,
             "volume_names": volume_names,
         }

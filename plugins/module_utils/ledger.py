@@ -7,8 +7,10 @@ A state directory holds
   id, kind (instance|subnet), object, tenant, source, destination, mode, status, started,
   ended, bytes, downtime_ms, error, and per-VM details;
 - ``placement.yml``: where migrated networks and VMs live now (``networks``:
-  ``tenant/network`` -> cloud, ``vms``: ``tenant/vm`` -> host), read by create_infra so
-  that a later run does not move anything back.
+  ``tenant/network`` -> cloud, ``vms``: ``tenant/vm`` -> host) and how a mapped or
+  converted VM looks there (``layout``: ``tenant/vm`` -> {host: {network, ip, pool,
+  pool_path, disk_format}}), read by create_infra so that a later run does not move
+  anything back.
 Writes are atomic (temporary file + rename) under an exclusive lock on ``.lock``.
 """
 
@@ -35,7 +37,9 @@ STATUSES = (
 )
 OPEN_STATUSES = ("running", "aborting", "finished")
 TERMINAL = ("completed", "confirmed", "reverted", "aborted", "failed")
-PLACEMENT_KEYS = ("networks", "vms")
+PLACEMENT_KEYS = ("networks", "vms", "layout")
+# Keys whose values are mappings (host -> a VM's layout there), not names.
+STRUCTURED_KEYS = ("layout",)
 
 
 class LedgerError(Exception):
@@ -152,7 +156,7 @@ class StateDir:
         return changed, before, after
 
     # -- placement ----------------------------------------------------------------------
-    def placement(self) -> dict[str, dict[str, str]]:
+    def placement(self) -> dict[str, dict[str, Any]]:
         import yaml  # PyYAML comes with ansible-core; only the controller runs this
 
         data: dict[str, Any] = {}
@@ -162,7 +166,7 @@ class StateDir:
         return {key: dict(data.get(key) or {}) for key in PLACEMENT_KEYS}
 
     def merge_placement(
-        self, changes: Mapping[str, Mapping[str, str | None]], check_mode: bool = False
+        self, changes: Mapping[str, Mapping[str, Any]], check_mode: bool = False
     ) -> tuple[bool, dict, dict]:
         """(changed, before, after): entries set, or removed where the value is None."""
         import yaml
@@ -180,15 +184,19 @@ class StateDir:
                 for name, value in (entries or {}).items():
                     if "/" not in str(name):
                         raise LedgerError(f"placement.{key}: {name!r} is not tenant/name")
-                    if value is None:
+                    structured = _structured(key, name, value) if key in STRUCTURED_KEYS else None
+                    if value is None or structured == {}:
                         after[key].pop(name, None)
+                    elif structured is not None:
+                        after[key][name] = structured
                     else:
                         after[key][name] = str(value)
             changed = after != before
             if changed and not check_mode:
                 header = (
                     "# Written by multicloud.migration's migration playbooks: where migrated\n"
-                    "# networks (tenant/network: cloud) and VMs (tenant/vm: host) live now.\n"
+                    "# networks (tenant/network: cloud) and VMs (tenant/vm: host) live now,\n"
+                    "# and the network, pool and disk format a mapped VM has there (layout).\n"
                     "# create_infra.yml reads it; edit only to undo a record by hand.\n"
                 )
                 self._write(
@@ -196,6 +204,19 @@ class StateDir:
                     header + yaml.safe_dump(after, default_flow_style=False, sort_keys=True),
                 )
         return changed, before, after
+
+
+def _structured(key: str, name: str, value: Any) -> dict[str, dict[str, str]]:
+    """A ``layout`` value: host -> {field: text}, empty fields and hosts left out."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise LedgerError(f"placement.{key}: {name}: a mapping of host to fields is required")
+    return {
+        str(host): {str(k): str(v) for k, v in fields.items() if v not in (None, "")}
+        for host, fields in value.items()
+        if fields
+    }
 
 
 def _check_fields(fields: Mapping[str, Any]) -> None:

@@ -12,7 +12,11 @@ Three modes (DESIGN.md §5):
 - ``cold``: the domain is shut off, each volume is streamed with virStorageVolDownload /
   virStorageVolUpload (sparse-aware), hashed on the way and verified on the destination;
   then the domain is defined (same XML, UUID and MAC) and started there. The source stays
-  defined and shut off, for a later confirm or revert.
+  defined and shut off, for a later confirm or revert. A cold migration may also change
+  the layout (``relayout``): the disks go to another pool (``destination_pool``) and/or
+  are converted (``disk_format``: qemu-img on the source, argv lists), the NIC goes to
+  another bridge (``destination_bridge``); a conversion is verified by the checksum of the
+  guest-visible content on both sides (the destination's raw view made by its libvirt).
 
 Live modes run migrateToURI3 (peer to peer) in a worker thread while the caller's thread
 polls jobStats every second for progress, and aborts the job past the timeout. A failure
@@ -26,9 +30,12 @@ libvirt and is unit-tested; libvirt is imported lazily like in libvirt_vm.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -41,11 +48,16 @@ from xml.sax.saxutils import escape, quoteattr
 from .libvirt_vm import (
     DEFAULT_POOL,
     DEFAULT_POOL_PATH,
+    VOLUME_FORMATS,
+    XMLNS,
+    XMLNS_PREFIX,
     Storage,
     VmError,
     domain_state,
     lookup_domain,
+    lookup_pool,
     parse_domain,
+    refresh_pool,
 )
 from .migration_progress import ProgressFile
 
@@ -60,10 +72,12 @@ except ImportError as _exc:  # the pure helpers work without it
     LIBVIRT_IMPORT_ERROR = str(_exc)
 
 __all__ = [
+    "DEFAULT_CONVERT_DIR",
     "DEFAULT_ENCRYPTION",
     "DEFAULT_MAX_DOWNTIME_MS",
     "DEFAULT_SHARED_PATHS",
     "DEFAULT_TIMEOUT",
+    "DISK_FORMATS",
     "ENCRYPTION_CHOICES",
     "MODES",
     "MODE_CHOICES",
@@ -84,8 +98,17 @@ MODES = ("live", "live-block", "cold")
 MODE_CHOICES = (*MODES, "auto")
 DEFAULT_SHARED_PATHS = ("/var/lib/mcm/shared",)
 DEFAULT_MAX_DOWNTIME_MS = 30
+# Seconds the destination domain is watched after a live migration for a guest reset or
+# crash (a guest kernel that met inconsistent memory panics within a second or two).
+DEFAULT_GUEST_WATCH_S = 3
 DEFAULT_TIMEOUT = 600
 DEFAULT_SHUTDOWN_TIMEOUT = 60
+# Disk formats a cold migration converts to (qemu-img on the source); the destination's
+# libvirt must list the format among its dir pools' volume formats.
+DISK_FORMATS = VOLUME_FORMATS
+# Where the source writes its temporary images while it converts (deleted afterwards).
+DEFAULT_CONVERT_DIR = "/var/lib/mcm/convert"
+QEMU_IMG = "qemu-img"
 # Encryption between hosts: "tls" = qemu+tls:// for the libvirt connection (which also
 # carries a cold copy) and VIR_MIGRATE_TLS for the live stream (qemu's native TLS, NBD
 # included); "none" = qemu+tcp:// and a plaintext stream.
@@ -174,6 +197,19 @@ class MigrateOptions:
     pool_path: str = DEFAULT_POOL_PATH
     dest_xml: str | None = None
     poll_interval: float = 1.0
+    guest_watch_s: float = DEFAULT_GUEST_WATCH_S
+    # cold only (relayout): the disks' pool and format, the NIC's bridge on the destination
+    destination_pool: str | None = None
+    destination_pool_path: str | None = None
+    disk_format: str | None = None
+    destination_bridge: str | None = None
+    destination_network: str | None = None
+    convert_dir: str = DEFAULT_CONVERT_DIR
+
+    def relayout(self) -> list[str]:
+        """The options given that change the VM's layout (and need a cold copy)."""
+        return [name for name in ("destination_pool", "disk_format", "destination_bridge")
+                if getattr(self, name)]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- pure part
@@ -192,12 +228,24 @@ def under_paths(path: str | None, paths: Iterable[str]) -> bool:
 
 
 def choose_mode(
-    requested: str, disk_paths: Sequence[str], active: bool, shared_paths: Iterable[str]
-) -> tuple[str, str]:
-    """(mode, reason): ``auto`` picks live for shared disks, live-block if running, else cold."""
+    requested: str, disk_paths: Sequence[str], active: bool, shared_paths: Iterable[str],
+    relayout: Sequence[str] = (),
+) -> tuple[str, str]:  # fmt: skip
+    """(mode, reason): ``auto`` picks live for shared disks, live-block if running, else cold;
+    cold when the layout changes (``relayout``: the options that change it)."""
     shared = list(shared_paths)
     if requested not in MODE_CHOICES:
         raise MigrationError(f"mode must be one of {', '.join(MODE_CHOICES)}", phase="input")
+    if relayout:
+        if requested in ("live", "live-block"):
+            raise MigrationError(
+                f"{', '.join(relayout)}: applied by a cold migration only, not mode "
+                f"{requested} (a running guest keeps its address, and a live copy writes "
+                "each disk to the same path in the same format): use mode cold or auto",
+                phase="input",
+            )
+        asked = "requested" if requested == "cold" else "auto"
+        return "cold", f"{asked}: {', '.join(relayout)} (applied by a cold copy)"
     if requested != "auto":
         if requested in ("live", "live-block") and not active:
             raise MigrationError(
@@ -427,6 +475,114 @@ class BlockDigest:
         return outer.hexdigest()
 
 
+def converted_name(path: str, fmt: str) -> str:
+    """The file name of a disk converted to ``fmt``: its extension, when it is a known disk
+    format, becomes the new format (acme-web1.qcow2 -> acme-web1.raw)."""
+    base = os.path.basename(path)
+    stem, ext = os.path.splitext(base)
+    return f"{stem if ext[1:] in DISK_FORMATS else base}.{fmt}"
+
+
+def relayout_xml(
+    xml: str,
+    disks: Mapping[str, tuple[str, str]],
+    bridge: str | None = None,
+    network: str | None = None,
+) -> str:
+    """A domain XML with its layout changed: each disk whose source file is a key of
+    ``disks`` gets (new path, new format) and loses its backing chain (a converted image is
+    standalone); the first NIC of type bridge gets ``bridge``; our metadata gets ``network``."""
+    ET.register_namespace(XMLNS_PREFIX, XMLNS)
+    root = ET.fromstring(xml)
+    for disk in root.findall("./devices/disk"):
+        source = disk.find("source")
+        if source is None or source.get("file") not in disks:
+            continue
+        path, fmt = disks[source.get("file")]
+        source.set("file", path)
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", {"name": "qemu"})
+        if driver.get("type") != fmt:
+            driver.set("type", fmt)
+            for backing in disk.findall("backingStore"):
+                disk.remove(backing)
+    if bridge:
+        nic = next((n for n in root.findall("./devices/interface") if n.get("type") == "bridge"),
+                   None)  # fmt: skip
+        if nic is None:
+            raise MigrationError("the domain has no NIC on a bridge to move", phase="input")
+        source = nic.find("source")
+        if source is None:
+            source = ET.SubElement(nic, "source")
+        source.set("bridge", bridge)
+        # libvirt names the tap itself on the destination
+        for target in nic.findall("target"):
+            nic.remove(target)
+    if network:
+        ours = root.find(f"./metadata/{{{XMLNS}}}vm")
+        if ours is not None:
+            ours.set("network", network)
+    return ET.tostring(root, encoding="unicode")
+
+
+def file_segments(path: str, chunk: int = CHUNK) -> Iterable[bytes | int]:
+    """A local file as pieces: data (bytes, at most ``chunk``) and holes (their length, an
+    int), found with SEEK_DATA/SEEK_HOLE (a file system without them reads as data)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: only a hole from here on
+                    raise
+                data = size
+            if data > pos:
+                yield data - pos
+                pos = data
+                continue
+            end = min(os.lseek(fd, pos, os.SEEK_HOLE), size)
+            os.lseek(fd, pos, os.SEEK_SET)
+            while pos < end:
+                block = os.read(fd, min(chunk, end - pos))
+                if not block:
+                    raise MigrationError(f"{path} ended at {pos} of {size} bytes", phase="copy")
+                pos += len(block)
+                yield block
+    finally:
+        os.close(fd)
+
+
+def qemu_img_formats(binary: str = QEMU_IMG) -> list[str]:
+    """The image formats this host's qemu-img supports ([] when it is missing)."""
+    path = shutil.which(binary)
+    if path is None:
+        return []
+    proc = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30,
+                          check=False)  # fmt: skip
+    for line in proc.stdout.splitlines():
+        if line.startswith("Supported formats:"):
+            return line.split(":", 1)[1].split()
+    return []
+
+
+def qemu_img_convert_argv(src: str, src_fmt: str, dst: str, dst_fmt: str) -> list[str]:
+    """qemu-img convert of ``src`` (read through its backing chain) into a new ``dst``."""
+    return [QEMU_IMG, "convert", "-q", "-f", src_fmt, "-O", dst_fmt, src, dst]
+
+
+def pool_formats(capabilities_xml: str) -> list[str]:
+    """The volume formats of a host's dir pools (virConnectGetStoragePoolCapabilities)."""
+    root = ET.fromstring(capabilities_xml)
+    pool = root.find("./pool[@type='dir']")
+    if pool is None:
+        return []
+    return [v.text or "" for v in pool.findall("./volOptions/enum[@name='targetFormatType']/value")]
+
+
 def _volume_xml(name: str, capacity: int, fmt: str) -> str:
     return (
         f"<volume><name>{escape(name)}</name>"
@@ -547,6 +703,63 @@ def event_loop() -> bool:
     return True
 
 
+class GuestResetWatch:
+    """Reboot and crash events of one domain, seen on a connection (the destination).
+
+    Registered before a live migration starts and read after it ended: a guest that
+    resets (its kernel panicked: ``panic=`` reboots it) or crashes on the destination
+    right after the cutover lost its state even though libvirt reports success. qemu's
+    memory pre-copy under TCG has been seen to do this (docs/migration.md). Needs the
+    event loop (``event_loop``); without it ``active`` is False and nothing is watched."""
+
+    def __init__(self, conn: Any, name: str) -> None:
+        self.name = name
+        self.conn = conn
+        self.events: list[tuple[float, str]] = []
+        self.ids: list[int] = []
+        self.active = "thread" in _EVENT_LOOP
+        if not self.active:
+            return
+        try:
+            self.ids.append(
+                conn.domainEventRegisterAny(
+                    None, _flag("VIR_DOMAIN_EVENT_ID_REBOOT", 1), self._reboot, None
+                )
+            )
+            self.ids.append(
+                conn.domainEventRegisterAny(
+                    None, _flag("VIR_DOMAIN_EVENT_ID_LIFECYCLE", 0), self._lifecycle, None
+                )
+            )
+        except _lverr():
+            self.close()
+            self.active = False
+
+    def _reboot(self, _conn: Any, dom: Any, _opaque: Any) -> None:
+        if dom.name() == self.name:
+            self.events.append((time.monotonic(), "reset"))
+
+    def _lifecycle(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        if dom.name() == self.name and event == _flag("VIR_DOMAIN_EVENT_CRASHED", 8):
+            self.events.append((time.monotonic(), "crashed"))
+
+    def wait(self, seconds: float, since: float) -> list[dict[str, Any]]:
+        """Waits until ``seconds`` after ``since`` (monotonic) or the first event; the
+        events as ``{event, after_s}`` (seconds after ``since``, negative: before)."""
+        deadline = since + seconds
+        while self.active and not self.events and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [{"event": kind, "after_s": round(at - since, 2)} for at, kind in self.events]
+
+    def close(self) -> None:
+        for callback_id in self.ids:
+            try:
+                self.conn.domainEventDeregisterAny(callback_id)
+            except _lverr():
+                pass  # the connection is gone: so are its callbacks
+        self.ids = []
+
+
 def open_peer(uri: str) -> Any:
     """A connection to the destination's libvirtd with client keepalive (when possible)."""
     looping = event_loop()
@@ -646,6 +859,10 @@ class Migration:
         self.label = f"VM {name}"
         self.dom: Any | None = None
         self.downtime_applied: int | None = None
+        # cold relayout: per source disk path, where and in which format it lands
+        self.targets: dict[str, dict[str, Any]] = {}
+        self.created_pool: Any | None = None
+        self._dst_pool: tuple[Any | None, str] | None = None
 
     # ------------------------------------------------------------------ facts
     def disks(self, dom: Any, xml: str) -> list[dict[str, Any]]:
@@ -680,7 +897,11 @@ class Migration:
         memory = dom.info()[2] * 1024 if dom.isActive() else 0
         copied = [d for d in disks if not d["shared"]] if mode != "live" else []
         if mode == "cold":
-            disk_bytes = sum(_allocated(d["path"]) for d in copied)
+            # a conversion reads the whole backing chain and sends the new image
+            converting = self.opts.disk_format
+            disk_bytes = sum(d["chain_allocated_bytes"] or 0
+                             if converting and d["format"] != converting
+                             else _allocated(d["path"]) for d in copied)  # fmt: skip
             memory = 0
         else:
             disk_bytes = sum(d["chain_allocated_bytes"] or 0 for d in copied)
@@ -741,34 +962,42 @@ class Migration:
         self.shared_pool(disks)
         if mode == "live":
             return
+        if mode == "cold":
+            self.check_relayout(disks)
         needs: dict[str, list[Any]] = {}  # pool name: [pool, bytes needed, directory]
         for disk in disks:
             if disk["shared"]:
                 continue
-            pool = _pool_for_dir(
-                self.dst, os.path.dirname(disk["path"]), self.opts, changes=self.changes,
-                label=self.label, check_mode=self.check_mode,
-            )  # fmt: skip
+            target = self.target(disk, mode)
+            pool, dest = target["pool"], target["destination_path"]
             existing = None
             if pool is not None:
-                pool.refresh(0)
+                refresh_pool(pool)
                 try:
-                    existing = self.dst.storageVolLookupByPath(disk["path"])
+                    existing = self.dst.storageVolLookupByPath(dest)
                 except _lverr():
                     existing = None
             if existing is not None:
                 raise MigrationError(
-                    f"{self.label}: the destination already has a volume at {disk['path']} "
+                    f"{self.label}: the destination already has a volume at {dest} "
                     "(left by an earlier migration?): delete it there "
                     "(multicloud.migration.vm_volume state=deleted) and retry",
                     phase="preflight",
                 )
             if pool is not None:
-                need = (_allocated(disk["path"]) if mode == "cold"
-                        else disk["chain_allocated_bytes"] or 0)  # fmt: skip
-                entry = needs.setdefault(pool.name(), [pool, 0, os.path.dirname(disk["path"])])
+                if target["convert"]:
+                    # the converted image holds the whole backing chain; a non-raw one is
+                    # read back through a raw view next to it for the guest checksum
+                    need = (disk["chain_allocated_bytes"] or 0) * (
+                        1 if target["destination_format"] == "raw" else 2
+                    )
+                elif mode == "cold":
+                    need = _allocated(disk["path"])
+                else:
+                    need = disk["chain_allocated_bytes"] or 0
+                entry = needs.setdefault(pool.name(), [pool, 0, os.path.dirname(dest)])
                 entry[1] += need
-            if mode == "cold":
+            if mode == "cold" and not target["convert"]:
                 try:
                     self.src.storageVolLookupByPath(disk["path"])
                 except _lverr() as exc:
@@ -779,6 +1008,163 @@ class Migration:
                         phase="preflight",
                     ) from exc
         self.check_space(needs)
+
+    # ------------------------------------------------------------------ relayout (cold)
+    def destination_pool(self) -> tuple[Any | None, str]:
+        """(pool, directory) of ``destination_pool`` on the destination: started when
+        inactive, created at ``destination_pool_path`` when missing (None in check mode)."""
+        if self._dst_pool is not None:
+            return self._dst_pool
+        name, path = self.opts.destination_pool or "", self.opts.destination_pool_path
+        host = urlsplit(self.dst_uri).hostname or self.dst_uri
+        pool = lookup_pool(self.dst, name)
+        if pool is None:
+            if not path:
+                raise MigrationError(
+                    f"{self.label}: the destination {host} has no storage pool {name}: "
+                    "define it there (a dir pool), or give its directory to create it from "
+                    f"(storage_map {{SOURCE: {{pool: {name}, path: /DIR}}}}; module option "
+                    "destination_pool_path)",
+                    phase="preflight",
+                )
+            try:
+                pool = Storage(self.dst, self.check_mode, self.changes).pool(name, path, self.label)
+            except VmError as exc:
+                raise MigrationError(str(exc), phase="preflight") from exc
+            self.created_pool = pool
+            self._dst_pool = (pool, os.path.normpath(path))
+            return self._dst_pool
+        root = ET.fromstring(pool.XMLDesc(0))
+        directory = os.path.normpath(root.findtext("./target/path") or "")
+        if root.get("type") not in ("dir", "fs", "netfs"):
+            raise MigrationError(
+                f"{self.label}: storage pool {name} on {host} is of type {root.get('type')}: "
+                "a disk is copied into a directory pool (dir, fs or netfs)",
+                phase="preflight",
+            )
+        if path and os.path.normpath(path) != directory:
+            raise MigrationError(
+                f"{self.label}: storage pool {name} on {host} is at {directory}, not at "
+                f"{path}: leave the path out, or choose another pool name",
+                phase="preflight",
+            )
+        if not pool.isActive():
+            self.changes.append({"action": "start", "object": "pool", "name": name,
+                                 "vm": self.name, "details": {"host": "destination"}})  # fmt: skip
+            if not self.check_mode:
+                pool.create(0)
+        self._dst_pool = (pool, directory)
+        return self._dst_pool
+
+    def target(self, disk: Mapping[str, Any], mode: str) -> dict[str, Any]:
+        """Where a (local) disk lands on the destination, in which format and pool."""
+        if disk["path"] in self.targets:
+            return self.targets[disk["path"]]
+        cold = mode == "cold"
+        fmt = self.opts.disk_format if cold and self.opts.disk_format else disk["format"]
+        convert = fmt != disk["format"]
+        if cold and self.opts.destination_pool:
+            pool, directory = self.destination_pool()
+        else:
+            directory = os.path.dirname(disk["path"])
+            pool = _pool_for_dir(self.dst, directory, self.opts, changes=self.changes,
+                                 label=self.label, check_mode=self.check_mode)  # fmt: skip
+        name = converted_name(disk["path"], fmt) if convert else os.path.basename(disk["path"])
+        target = {
+            "path": disk["path"],
+            "format": disk["format"],
+            "destination_path": os.path.join(directory, name),
+            "destination_format": fmt,
+            "destination_pool": pool.name() if pool is not None else self.opts.destination_pool,
+            "convert": convert,
+            "pool": pool,
+        }
+        self.targets[disk["path"]] = target
+        return target
+
+    def relayout_plan(self) -> dict[str, Any]:
+        """What a cold relayout changes (the plan's ``relayout``)."""
+        xml = parse_domain(self.dom.XMLDesc(_flag("VIR_DOMAIN_XML_INACTIVE")))
+        nic = next((n for n in xml["interfaces"] if n["type"] == "bridge"), {})
+        return {
+            "disks": [{k: v for k, v in t.items() if k != "pool"} for t in self.targets.values()],
+            "bridge": {"from": nic.get("bridge"), "to": self.opts.destination_bridge}
+            if self.opts.destination_bridge else None,
+            "network": self.opts.destination_network,
+        }  # fmt: skip
+
+    def check_relayout(self, disks: list[dict[str, Any]]) -> None:
+        """A conversion needs qemu-img with both formats here and the format in the
+        destination's libvirt; a new bridge must exist there (the playbooks build it first)."""
+        fmt = self.opts.disk_format
+        converted = [d for d in disks if not d["shared"] and fmt and d["format"] != fmt]
+        if fmt and converted:
+            host = urlsplit(self.dst_uri).hostname or self.dst_uri
+            try:
+                known = pool_formats(self.dst.getStoragePoolCapabilities(0))
+            except _lverr() as exc:
+                raise MigrationError(f"{self.label}: cannot read the storage capabilities of "
+                                     f"{host}: {exc}", phase="preflight") from exc  # fmt: skip
+            if fmt not in known:
+                usable = [f for f in DISK_FORMATS if f in known]
+                raise MigrationError(
+                    f"{self.label}: the destination {host} cannot run a disk in format {fmt}: "
+                    f"its libvirt does not know it (its volume formats include "
+                    f"{', '.join(usable)}); choose disk_format {' or '.join(usable)}",
+                    phase="preflight",
+                )
+            here = qemu_img_formats()
+            if not here:
+                raise MigrationError(
+                    f"{self.label}: converting to {fmt} needs qemu-img on the source "
+                    f"{socket.gethostname()} (Debian package qemu-utils)",
+                    phase="preflight",
+                )
+            wanted = {fmt, "raw", *(d["format"] for d in converted)}
+            missing = sorted(wanted - set(here))
+            if missing:
+                raise MigrationError(f"{self.label}: qemu-img on the source does not support "
+                                     f"{', '.join(missing)}", phase="preflight")  # fmt: skip
+            self.check_convert_room(converted)
+        bridge = self.opts.destination_bridge
+        if bridge:
+            try:
+                self.dst.interfaceLookupByName(bridge)
+            except _lverr() as exc:
+                if exc.get_error_code() != _flag("VIR_ERR_NO_INTERFACE", 57):
+                    self.warnings.append(f"{self.label}: bridge {bridge} not checked on the "
+                                         f"destination ({exc})")  # fmt: skip
+                elif self.check_mode:
+                    self.warnings.append(
+                        f"{self.label}: the destination has no bridge {bridge} yet (the "
+                        "migration playbooks build the network there before the copy)"
+                    )
+                else:
+                    raise MigrationError(
+                        f"{self.label}: the destination has no bridge {bridge} for the NIC: "
+                        "build the network there first (the migration playbooks stretch it)",
+                        phase="preflight",
+                    ) from exc
+
+    def check_convert_room(self, converted: list[dict[str, Any]]) -> None:
+        """The source's convert_dir has room for the temporary images (a lower bound: the
+        allocation of each disk's backing chain, twice when a raw view is needed too)."""
+        directory = self.opts.convert_dir
+        probe = directory
+        while not os.path.isdir(probe) and probe not in ("", "/"):
+            probe = os.path.dirname(probe)
+        stat = os.statvfs(probe or "/")
+        available = stat.f_bavail * stat.f_frsize
+        need = sum((d["chain_allocated_bytes"] or 0)
+                   * (1 if self.opts.disk_format == "raw" or d["format"] == "raw" else 2)
+                   for d in converted)  # fmt: skip
+        if need > available:
+            raise MigrationError(
+                f"{self.label}: not enough space on the source for the conversion: "
+                f"{directory} has {available / MIB:.1f} MiB free, the temporary images take "
+                f"{need / MIB:.1f} MiB: free space there or set convert_dir",
+                phase="preflight",
+            )
 
     def check_space(self, needs: Mapping[str, Sequence[Any]]) -> None:
         """Each destination pool has room for what is copied into it (the disks' allocation
@@ -810,32 +1196,35 @@ class Migration:
         except VmError as exc:
             raise MigrationError(str(exc), phase="preflight") from exc
         if pool is not None:
-            pool.refresh(0)
+            refresh_pool(pool)
 
     # ------------------------------------------------------------------ destination objects
-    def create_volume(self, disk: Mapping[str, Any], fmt: str, capacity: int) -> Any:
+    def create_volume(
+        self, disk: Mapping[str, Any], fmt: str, capacity: int, path: str | None = None
+    ) -> Any:
+        """A volume on the destination at ``path`` (default: the disk's own path)."""
+        path = path or disk["path"]
         pool = _pool_for_dir(
-            self.dst, os.path.dirname(disk["path"]), self.opts, changes=self.changes,
-            label=self.label,
+            self.dst, os.path.dirname(path), self.opts, changes=self.changes, label=self.label,
         )  # fmt: skip
-        name = os.path.basename(disk["path"])
+        name = os.path.basename(path)
         try:
             vol = pool.createXML(_volume_xml(name, capacity, fmt), 0)
         except _lverr() as exc:
             raise MigrationError(
-                f"{self.label}: cannot create the volume {disk['path']} on the destination: {exc}",
+                f"{self.label}: cannot create the volume {path} on the destination: {exc}",
                 phase="prepare",
             ) from exc
         self.created_volumes.append(vol)
-        self.created_paths.append(disk["path"])
+        self.created_paths.append(path)
         self.changes.append(
             {"action": "create", "object": "volume", "name": name, "vm": self.name,
              "details": {"path": vol.path(), "capacity_bytes": capacity, "format": fmt,
                          "host": "destination"}}
         )  # fmt: skip
-        if os.path.normpath(vol.path()) != os.path.normpath(disk["path"]):
+        if os.path.normpath(vol.path()) != os.path.normpath(path):
             raise MigrationError(
-                f"{self.label}: the destination created {vol.path()}, not {disk['path']}",
+                f"{self.label}: the destination created {vol.path()}, not {path}",
                 phase="prepare",
             )
         return vol
@@ -869,9 +1258,31 @@ class Migration:
                 self.cleaned_paths.append(path)
             except _lverr() as exc:
                 self.warnings.append(f"{self.label}: cleanup could not delete a volume: {exc}")
+        if self.created_pool is not None and not fresh:
+            self._remove_created_pool()
         if not conn.isAlive():
             raise libvirt.libvirtError("the connection to the destination broke during cleanup")
         self.created_volumes = []
+
+    def _remove_created_pool(self) -> None:
+        """The pool this call created from destination_pool_path, when it is still empty."""
+        pool, self.created_pool = self.created_pool, None
+        try:
+            refresh_pool(pool)
+            if pool.listAllVolumes(0):
+                self.warnings.append(f"{self.label}: kept the new pool {pool.name()} on the "
+                                     "destination: it holds volumes")  # fmt: skip
+                return
+            name = pool.name()
+            pool.destroy()
+            try:
+                pool.delete(0)  # its directory, empty
+            except _lverr():
+                pass  # a directory that is not empty or not ours stays
+            pool.undefine()
+            self.cleanup.append(f"removed the storage pool {name} it created on the destination")
+        except _lverr() as exc:
+            self.warnings.append(f"{self.label}: cleanup could not remove the new pool: {exc}")
 
     def _volumes_again(self, conn: Any) -> list[Any]:
         """The volumes this call created, looked up by path on a new connection."""
@@ -880,7 +1291,7 @@ class Migration:
             pool = _pool_for_dir(conn, os.path.dirname(path), self.opts, changes=[],
                                  label=self.label, check_mode=True)  # fmt: skip
             if pool is not None:
-                pool.refresh(0)
+                refresh_pool(pool)
             try:
                 found.append(conn.storageVolLookupByPath(path))
             except _lverr() as exc:
@@ -957,18 +1368,24 @@ class Migration:
             disks=[d["target"] for d in copied] if copied else None,
         )
         started = time.monotonic()
+        watch = GuestResetWatch(self.dst, self.name) if self.opts.guest_watch_s > 0 else None
         try:
             for disk in copied:
                 self.create_volume(disk, disk["format"], int(disk["capacity_bytes"] or 0))
             self._set_downtime(dom, quiet=False, read_back=True)
             error = self._run_job(dom, params, flags, started)
         except MigrationError as exc:
+            if watch is not None:
+                watch.close()
             self._fail_live(exc, started)
             raise
         if error is not None:
+            if watch is not None:
+                watch.close()
             self._fail_live(error, started)
             raise error
         wall_ms = round((time.monotonic() - started) * 1000)
+        guest_resets = self._guest_resets(watch)
         dst_dom = lookup_domain(self.dst, self.name)
         stats: dict[str, Any] = {}
         for candidate in (dst_dom, lookup_domain(self.src, self.name)):
@@ -995,10 +1412,34 @@ class Migration:
             "changed": True,
             "flags": names,
             "stats": parsed,
+            "guest_resets": guest_resets,
             "destination_state": domain_state(dst_dom) if dst_dom is not None else "absent",
             "source_state": self.source_state(),
             "source_disks_left": [d["path"] for d in copied],
         }
+
+    def _guest_resets(self, watch: GuestResetWatch | None) -> list[dict[str, Any]]:
+        """The guest's resets and crashes on the destination during the job and the
+        ``guest_watch_s`` after it, each also as a warning."""
+        if watch is None:
+            return []
+        try:
+            events = watch.wait(self.opts.guest_watch_s, time.monotonic())
+        finally:
+            watch.close()
+        if not watch.active:
+            self.warnings.append(f"{self.label}: no libvirt event loop: the guest was not "
+                                 "watched for a reset after the migration")  # fmt: skip
+        for event in events:
+            when = (f"{event['after_s']:.1f} s after the migration ended" if event["after_s"] >= 0
+                    else "during the migration")  # fmt: skip
+            self.warnings.append(
+                f"{self.label}: the guest {'was reset' if event['event'] == 'reset' else 'crashed'}"
+                f" on the destination {when}: it lost its running state (a guest kernel panic? "
+                "see its console log); under TCG qemu's memory pre-copy has been seen to do "
+                "this (docs/migration.md)"
+            )
+        return events
 
     def _kill_incoming(self) -> None:
         """Destroy the incoming (paused, not yet started) domain on the destination, so
@@ -1162,11 +1603,21 @@ class Migration:
                 graceful = self._shutdown(dom)
             stopped = time.monotonic()
             phase = "copy"
+            moved: dict[str, tuple[str, str]] = {}
             for disk in disks:
                 if disk["shared"]:
                     continue
-                checksums.append(self._copy_disk(disk))
+                target = self.target(disk, "cold")
+                if target["convert"]:
+                    phase = "convert"
+                    checksums.append(self._convert_disk(disk, target))
+                else:
+                    checksums.append(self._copy_disk(disk, target["destination_path"]))
+                moved[disk["path"]] = (target["destination_path"], target["destination_format"])
             phase = "define"
+            if self.opts.relayout():
+                xml = relayout_xml(xml, moved, bridge=self.opts.destination_bridge,
+                                   network=self.opts.destination_network)  # fmt: skip
             dst_dom = self.dst.defineXML(xml)
             self.defined_domain = dst_dom
             self.changes.append(
@@ -1176,7 +1627,7 @@ class Migration:
             if was_running:
                 phase = "start"
                 dst_dom.create()
-        except (MigrationError, _lverr()) as exc:
+        except (MigrationError, OSError, subprocess.SubprocessError, _lverr()) as exc:
             self.clean_destination_bounded()
             state = self._restart_source(was_running)
             details = {"source_state": state, "after_cutover": False, "cleanup": self.cleanup,
@@ -1254,11 +1705,14 @@ class Migration:
                 self.warnings.append(f"{self.label}: cannot restart the source: {exc}")
         return domain_state(dom)
 
-    def _copy_disk(self, disk: Mapping[str, Any]) -> dict[str, Any]:
+    def _copy_disk(self, disk: Mapping[str, Any], dest: str | None = None) -> dict[str, Any]:
+        """The volume streamed as it is to ``dest`` (default: the same path), its file
+        checksum compared on both sides."""
+        dest = dest or disk["path"]
         src_vol = self.src.storageVolLookupByPath(disk["path"])
         # An empty raw file: the upload writes the image file as it is (qcow2 header and
         # all); the pool re-probes its format afterwards.
-        dst_vol = self.create_volume(disk, "raw", 0)
+        dst_vol = self.create_volume(disk, "raw", 0, path=dest)
         try:
             total = os.path.getsize(disk["path"])
         except OSError:
@@ -1268,16 +1722,16 @@ class Migration:
             self.src, src_vol, self.dst, dst_vol, total=total,
             deadline=started + self.opts.timeout, progress=self._cold_progress(started, total),
         )  # fmt: skip
-        pool = dst_vol.storagePoolLookupByVolume()
-        pool.refresh(0)
-        dst_vol = self.dst.storageVolLookupByPath(disk["path"])
-        self.created_volumes = [v for v in self.created_volumes if v.path() != disk["path"]]
-        self.created_volumes.append(dst_vol)
+        dst_vol = self._uploaded(dst_vol, dest)
         check = stream_volume(
             self.dst, dst_vol, None, None, total=total, deadline=started + self.opts.timeout
         )
         result = {
             "path": disk["path"],
+            "destination_path": dest,
+            "source_format": disk["format"],
+            "destination_format": disk["format"],
+            "content": "file",
             "algorithm": CHECKSUM_ALGORITHM,
             "source": sent["checksum"],
             "destination": check["checksum"],
@@ -1296,6 +1750,131 @@ class Migration:
                 checksum=[result],
             )
         return result
+
+    def _uploaded(self, dst_vol: Any, dest: str) -> Any:
+        """The destination volume after an upload, its pool refreshed (the format re-probed)."""
+        refresh_pool(dst_vol.storagePoolLookupByVolume())
+        dst_vol = self.dst.storageVolLookupByPath(dest)
+        self.created_volumes = [v for v in self.created_volumes if v.path() != dest]
+        self.created_volumes.append(dst_vol)
+        return dst_vol
+
+    def _convert_disk(self, disk: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+        """A disk converted on the way (cold): qemu-img on the source writes the image in
+        the new format (reading through the backing chain), it is streamed to the
+        destination, and the checksum of the guest-visible content (the raw bytes the guest
+        sees) is computed on both sides: here from the raw image (converted, or the disk
+        itself when raw), there from a raw view the destination's libvirt makes of the
+        copy (storageVolCreateXMLFrom, which runs its qemu-img), unless the copy is raw."""
+        src_fmt, fmt = disk["format"], target["destination_format"]
+        dest = target["destination_path"]
+        started = time.monotonic()
+        deadline = started + self.opts.timeout
+        dst_vol, sent, guest_src = self._send_converted(disk, target, started)
+        dst_vol = self._uploaded(dst_vol, dest)
+        capacity = int(disk["capacity_bytes"] or dst_vol.info()[1])
+        guest_dst = self._guest_view_checksum(dst_vol, fmt, capacity, deadline)
+        source = guest_src["checksum"] if guest_src else sent["checksum"]
+        result = {
+            "path": disk["path"],
+            "destination_path": dest,
+            "source_format": src_fmt,
+            "destination_format": fmt,
+            "content": "guest",
+            "algorithm": CHECKSUM_ALGORITHM,
+            "source": source,
+            "destination": guest_dst["checksum"],
+            "match": source == guest_dst["checksum"],
+            "bytes": guest_dst["bytes"],
+            "data_bytes": sent["data_bytes"],
+            "hole_bytes": sent["hole_bytes"],
+            "sparse": sent["sparse"],
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        if not result["match"]:
+            raise MigrationError(
+                f"{self.label}: the guest-visible content of {disk['path']} ({src_fmt}) and of "
+                f"its {fmt} copy {dest} on the destination differ ({guest_dst['checksum']} != "
+                f"{source}): the conversion is not trusted",
+                phase="verify",
+                checksum=[result],
+            )
+        return result
+
+    def _send_converted(
+        self, disk: Mapping[str, Any], target: Mapping[str, Any], started: float
+    ) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+        """(destination volume, what was sent, the source's guest-visible checksum or None
+        when the sent image is raw, and so is that content); the temporary images in
+        convert_dir are removed whatever happens."""
+        src_fmt, fmt = disk["format"], target["destination_format"]
+        deadline = started + self.opts.timeout
+        os.makedirs(self.opts.convert_dir, mode=0o700, exist_ok=True)
+        stem = os.path.join(self.opts.convert_dir, f"{self.name}.{os.getpid()}")
+        payload = f"{stem}.{fmt}"
+        temporary = [payload]
+        try:
+            self._qemu_img(qemu_img_convert_argv(disk["path"], src_fmt, payload, fmt), deadline)
+            guest_src = None
+            if fmt != "raw" and src_fmt == "raw":
+                guest_src = hash_file(disk["path"], deadline)
+            elif fmt != "raw":
+                view = f"{stem}.guest.raw"
+                temporary.append(view)
+                self._qemu_img(qemu_img_convert_argv(disk["path"], src_fmt, view, "raw"), deadline)
+                guest_src = hash_file(view, deadline)
+            dst_vol = self.create_volume(disk, "raw", 0, path=target["destination_path"])
+            total = os.path.getsize(payload)
+            sent = send_file(payload, self.dst, dst_vol, deadline=deadline,
+                             progress=self._cold_progress(started, total))  # fmt: skip
+            return dst_vol, sent, guest_src
+        finally:
+            for path in temporary:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass  # not made: qemu-img failed before writing it
+
+    def _qemu_img(self, argv: list[str], deadline: float) -> None:
+        left = max(deadline - time.monotonic(), 1)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=left,
+                                  check=False)  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise MigrationError(f"{self.label}: {' '.join(argv[:2])} exceeded the timeout",
+                                 phase="convert") from exc  # fmt: skip
+        if proc.returncode != 0:
+            raise MigrationError(
+                f"{self.label}: {' '.join(argv)} failed ({proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-500:]}",
+                phase="convert",
+            )
+
+    def _guest_view_checksum(
+        self, dst_vol: Any, fmt: str, capacity: int, deadline: float
+    ) -> dict[str, Any]:
+        """The checksum of what the guest sees of a destination volume."""
+        if fmt == "raw":
+            return stream_volume(self.dst, dst_vol, None, None, total=capacity, deadline=deadline)
+        pool = dst_vol.storagePoolLookupByVolume()
+        name = f"{dst_vol.name()}.mcm-guest-view.raw"
+        try:
+            view = pool.createXMLFrom(_volume_xml(name, capacity, "raw"), dst_vol, 0)
+        except _lverr() as exc:
+            raise MigrationError(
+                f"{self.label}: the destination could not read back its {fmt} copy "
+                f"{dst_vol.path()} as raw (storageVolCreateXMLFrom): {exc}",
+                phase="verify",
+            ) from exc
+        path = view.path()
+        self.created_volumes.append(view)
+        self.created_paths.append(path)
+        try:
+            return stream_volume(self.dst, view, None, None, total=capacity, deadline=deadline)
+        finally:
+            view.delete(0)
+            self.created_volumes = [v for v in self.created_volumes if v is not view]
+            self.cleaned_paths.append(path)
 
     def _cold_progress(self, started: float, total: int) -> Callable[[int], None]:
         last = [0.0]
@@ -1398,6 +1977,75 @@ def stream_volume(
     }
 
 
+def hash_file(path: str, deadline: float) -> dict[str, Any]:
+    """CHECKSUM_ALGORITHM of a local file's content (holes read as zeros, not read)."""
+    digest = BlockDigest()
+    data_bytes = hole_bytes = 0
+    for piece in file_segments(path):
+        if time.monotonic() > deadline:
+            raise MigrationError(f"hashing {path} exceeded the timeout", phase="convert")
+        if isinstance(piece, int):
+            digest.zeros(piece)
+            hole_bytes += piece
+        else:
+            digest.update(piece)
+            data_bytes += len(piece)
+    return {"checksum": digest.hexdigest(), "bytes": data_bytes + hole_bytes,
+            "data_bytes": data_bytes, "hole_bytes": hole_bytes, "sparse": True}  # fmt: skip
+
+
+def send_file(
+    path: str,
+    dst_conn: Any,
+    dst_vol: Any,
+    *,
+    deadline: float,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Upload a local file to a destination volume (its holes as holes when libvirt can),
+    hashed on the way (CHECKSUM_ALGORITHM, as ``hash_file``)."""
+    sparse_up = _flag("VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM")
+    up = dst_conn.newStream(0)
+    digest = BlockDigest()
+    data_bytes = hole_bytes = 0
+    try:
+        dst_vol.upload(up, 0, 0, sparse_up)
+        for piece in file_segments(path):
+            if time.monotonic() > deadline:
+                raise MigrationError("volume copy exceeded the timeout", phase="copy")
+            if isinstance(piece, int):
+                if sparse_up:
+                    up.sendHole(piece, 0)
+                else:
+                    full, rest = divmod(piece, CHUNK)
+                    for _block in range(full):
+                        _send_all(up, ZEROS)
+                    if rest:
+                        _send_all(up, ZEROS[:rest])
+                digest.zeros(piece)
+                hole_bytes += piece
+            else:
+                _send_all(up, piece)
+                digest.update(piece)
+                data_bytes += len(piece)
+            if progress is not None:
+                progress(data_bytes + hole_bytes)
+        up.finish()
+    except (MigrationError, OSError, _lverr()):
+        try:
+            up.abort()
+        except _lverr():
+            pass  # already finished or broken: nothing more to release
+        raise
+    return {
+        "checksum": digest.hexdigest(),
+        "bytes": data_bytes + hole_bytes,
+        "data_bytes": data_bytes,
+        "hole_bytes": hole_bytes,
+        "sparse": bool(sparse_up),
+    }
+
+
 def _send_all(stream: Any, data: bytes) -> None:
     view = memoryview(data)
     for _attempt in range(len(data) + 1):
@@ -1456,7 +2104,7 @@ def plan_from_source(
                              phase="preflight")  # fmt: skip
     disks = job.disks(dom, dom.XMLDesc(0))
     chosen, reason = choose_mode(mode, [d["path"] for d in disks], bool(dom.isActive()),
-                                 opts.shared_paths)  # fmt: skip
+                                 opts.shared_paths, opts.relayout())  # fmt: skip
     return {
         "changed": True,
         "mode": chosen,
@@ -1521,9 +2169,11 @@ def _migrate(
     xml = dom.XMLDesc(0)
     disks = job.disks(dom, xml)
     chosen, reason = choose_mode(mode, [d["path"] for d in disks], bool(dom.isActive()),
-                                 opts.shared_paths)  # fmt: skip
+                                 opts.shared_paths, opts.relayout())  # fmt: skip
     plan = job.plan(chosen, reason, dom, disks)
     job.preflight(chosen, disks)
+    if chosen == "cold" and opts.relayout():
+        plan["relayout"] = job.relayout_plan()
     result: dict[str, Any] = {
         "changed": True,
         "mode": chosen,
@@ -1627,7 +2277,23 @@ def run_vm_migrate(
         shared_paths=shared_paths,
         pool=params.get("pool") or DEFAULT_POOL,
         pool_path=params.get("pool_path") or DEFAULT_POOL_PATH,
+        guest_watch_s=float(params.get("guest_watch_s", DEFAULT_GUEST_WATCH_S) or 0),
+        destination_pool=params.get("destination_pool") or None,
+        destination_pool_path=params.get("destination_pool_path") or None,
+        disk_format=params.get("disk_format") or None,
+        destination_bridge=params.get("destination_bridge") or None,
+        destination_network=params.get("destination_network") or None,
+        convert_dir=params.get("convert_dir") or DEFAULT_CONVERT_DIR,
     )
+    if opts.disk_format and opts.disk_format not in DISK_FORMATS:
+        raise MigrationError(f"disk_format must be one of {', '.join(DISK_FORMATS)}",
+                             phase="input")  # fmt: skip
+    if opts.destination_pool_path and not opts.destination_pool:
+        raise MigrationError("destination_pool_path needs destination_pool (the pool's name)",
+                             phase="input")  # fmt: skip
+    if opts.destination_network and not opts.destination_bridge:
+        raise MigrationError("destination_network needs destination_bridge (the network's "
+                             "bridge on the destination)", phase="input")  # fmt: skip
     opener = connect or libvirt.open
     try:
         src_conn = opener("qemu:///system")

@@ -119,9 +119,20 @@ class VmError(Exception):
 # --------------------------------------------------------------------------- input
 
 
-def volume_name(vm_name: str) -> str:
-    """Name of the volume the vm module creates for a VM (<domain name>.qcow2)."""
-    return f"{vm_name}.qcow2"
+# Disk formats of a VM's own volume, which is named after the format (<name>.<format>): a
+# VM is created with qcow2; a migration may convert it (vm_migrate disk_format).
+VOLUME_FORMATS = ("qcow2", "raw", "vmdk", "vhdx")
+
+
+def volume_name(vm_name: str, fmt: str = "qcow2") -> str:
+    """Name of the volume the vm module owns for a VM (<domain name>.<format>, .qcow2 when
+    created by it)."""
+    return f"{vm_name}.{fmt}"
+
+
+def own_volume_names(vm_name: str) -> tuple[str, ...]:
+    """Every name a VM's own volume may have (in any of VOLUME_FORMATS)."""
+    return tuple(volume_name(vm_name, fmt) for fmt in VOLUME_FORMATS)
 
 
 def console_socket(vm: Mapping[str, Any]) -> str | None:
@@ -171,10 +182,15 @@ def normalize_vm(item: Mapping[str, Any]) -> dict[str, Any]:
         raise VmError(f"VM {name}: bridge is required")
     vm["bridge"] = item["bridge"]
     vm["mtu"] = _int(item, "mtu", DEFAULT_MTU, 68)
-    # No disk path given: the module owns the volume <name>.qcow2 in the pool.
+    # No disk path given: the module owns the volume <name>.<disk_format> in the pool.
     vm["managed_volume"] = not item.get("disk")
-    vm["disk"] = item.get("disk") or os.path.join(vm["pool_path"], volume_name(name))
     vm["disk_format"] = item.get("disk_format") or "qcow2"
+    if vm["managed_volume"] and vm["disk_format"] not in VOLUME_FORMATS:
+        raise VmError(f"VM {name}: disk_format of its own volume must be one of "
+                      f"{', '.join(VOLUME_FORMATS)}")  # fmt: skip
+    vm["disk"] = item.get("disk") or os.path.join(
+        vm["pool_path"], volume_name(name, vm["disk_format"])
+    )
     vm["disk_mib"] = _int(item, "disk_mib", DEFAULT_DISK_MIB, 1)
     vm["image"] = item.get("image") or None
     vm["image_format"] = item.get("image_format") or "qcow2"
@@ -501,6 +517,27 @@ def lookup_pool(conn: Any, name: str) -> Any | None:
         raise
 
 
+def refresh_pool(pool: Any, timeout: float = 60.0) -> None:
+    """``pool.refresh``, waiting while the pool has asynchronous jobs running.
+
+    libvirt refuses to refresh a pool while a volume of it is being built (another VM's
+    disk created at the same moment: two VMs migrating to one host in parallel); such a
+    build takes milliseconds to seconds, so this retries until ``timeout`` and then
+    raises libvirt's error."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError as exc:
+            busy = "asynchronous jobs running" in str(exc)
+            if not busy or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 def lookup_volume(pool: Any | None, name: str) -> Any | None:
     if pool is None or not pool.isActive():
         return None
@@ -601,7 +638,7 @@ class Storage:
     def room_bytes(self, pool: Any) -> int | None:
         if pool is None or not pool.isActive():
             return None
-        pool.refresh(0)
+        refresh_pool(pool)
         return pool.info()[3]
 
     def volume(
@@ -878,13 +915,22 @@ class Converger:
         if vm["managed_volume"]:
             pool = self.storage.pool(vm["pool"], vm["pool_path"], label)
             started = time.monotonic()
+            if (
+                vm["image"]
+                and vm["disk_format"] != "qcow2"
+                and not lookup_volume(pool, volume_name(name, vm["disk_format"]))
+            ):
+                raise VmError(
+                    f"{label}: a new {vm['disk_format']} volume cannot be an overlay of the "
+                    f"image {vm['image']}: only qcow2 has a backing image"
+                )
             vol, new = self.storage.volume(
                 pool,
                 pool_name=vm["pool"],
                 pool_path=vm["pool_path"],
-                name=volume_name(name),
+                name=volume_name(name, vm["disk_format"]),
                 capacity_mib=vm["disk_mib"],
-                fmt="qcow2",
+                fmt=vm["disk_format"],
                 image=vm["image"],
                 image_format=vm["image_format"],
                 owner=label,
@@ -1085,20 +1131,23 @@ class Converger:
     def _own_volume(
         self, name: str, disk_path: str | None, pool_name: str | None
     ) -> tuple[Any | None, str]:
-        """The volume the vm module would have created for this VM (<name>.qcow2), if any.
+        """The volume the vm module owns for this VM (<name>.<format>), if any.
 
         A disk given by path (not named after the VM) is the user's and is left alone.
         """
         if disk_path:
             vol = self._volume_by_path(disk_path)
-            if vol is not None and vol.name() == volume_name(name):
+            if vol is not None and vol.name() in own_volume_names(name):
                 return vol, vol.storagePoolLookupByVolume().name()
         pool_name = pool_name or DEFAULT_POOL
         pool = lookup_pool(self.conn, pool_name)
         if pool is not None and pool.isActive():
-            pool.refresh(0)  # on shared storage another host may have deleted it
-        vol = lookup_volume(pool, volume_name(name))
-        return vol, pool_name
+            refresh_pool(pool)  # on shared storage another host may have deleted it
+        for candidate in own_volume_names(name):
+            vol = lookup_volume(pool, candidate)
+            if vol is not None:
+                return vol, pool_name
+        return None, pool_name
 
     def _volume_by_path(self, path: str) -> Any | None:
         """The volume at ``path``; pools of its directory are refreshed when it is not known
@@ -1115,7 +1164,7 @@ class Converger:
                     continue
                 target = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
                 if target and os.path.normpath(target) == directory:
-                    pool.refresh(0)
+                    refresh_pool(pool)
         return None
 
     # ------------------------------------------------------------------ records
@@ -1282,10 +1331,32 @@ def normalize_volume(item: Mapping[str, Any]) -> dict[str, Any]:
         "image": item.get("image") or None,
         "image_format": item.get("image_format") or "qcow2",
         "format": item.get("format") or "qcow2",
+        "path": item.get("path") or None,
     }
     if "/" in name:
         raise VmError(f"volume {name}: a volume name cannot contain '/'")
+    if vol["path"] and os.path.basename(vol["path"]) != name:
+        raise VmError(f"volume {name}: path {vol['path']} names another file")
     return vol
+
+
+def volume_at(conn: Any, path: str) -> Any | None:
+    """The volume at ``path`` in whichever pool holds its directory (those pools refreshed
+    when it is not known yet), or None."""
+    for attempt in range(2):
+        try:
+            return conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError:
+            if attempt:
+                return None
+        directory = os.path.normpath(os.path.dirname(path))
+        for pool in conn.listAllStoragePools(0):
+            if not pool.isActive():
+                continue
+            target = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
+            if target and os.path.normpath(target) == directory:
+                refresh_pool(pool)
+    return None
 
 
 def run_vm_volume(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
@@ -1301,10 +1372,16 @@ def run_vm_volume(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) 
     changes: list[dict[str, Any]] = []
     storage = Storage(conn, check_mode, changes)
 
+    def find(vol: Mapping[str, Any]) -> tuple[Any | None, str]:
+        """(volume, its pool's name): by path when given (state deleted), else by name."""
+        if vol["path"] and state == "deleted":
+            found = volume_at(conn, vol["path"])
+            return found, found.storagePoolLookupByVolume().name() if found else vol["pool"]
+        return lookup_volume(lookup_pool(conn, vol["pool"]), vol["name"]), vol["pool"]
+
     def read(vol: Mapping[str, Any]) -> dict[str, Any] | None:
-        pool = lookup_pool(conn, vol["pool"])
-        found = lookup_volume(pool, vol["name"])
-        return volume_record(found, vol["pool"]) if found is not None else None
+        found, pool_name = find(vol)
+        return volume_record(found, pool_name) if found is not None else None
 
     try:
         if state == "gathered":
@@ -1318,7 +1395,7 @@ def run_vm_volume(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) 
             for pool in pools:
                 if pool is None or not pool.isActive():
                     continue
-                pool.refresh(0)
+                refresh_pool(pool)
                 for found in sorted(pool.listAllVolumes(0), key=lambda v: v.name()):
                     if not want or (pool.name(), found.name()) in listed:
                         gathered.append(volume_record(found, pool.name()))
@@ -1328,9 +1405,9 @@ def run_vm_volume(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) 
             for vol in want:
                 label = f"volume {vol['name']}"
                 if state == "deleted":
-                    found = lookup_volume(lookup_pool(conn, vol["pool"]), vol["name"])
+                    found, pool_name = find(vol)
                     if found is not None:
-                        storage.delete(found, vol["pool"], label)
+                        storage.delete(found, pool_name, label)
                     continue
                 pool = storage.pool(vol["pool"], vol["pool_path"], label)
                 storage.volume(

@@ -25,6 +25,7 @@ router namespace) so that a scoped ``overridden`` removes exactly what left the 
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -160,7 +161,11 @@ def peer_address(me: Host, peer: Host) -> str:
     return peer.underlay_ip if peer.cloud == me.cloud else peer.wan_ip
 
 
-PLACEMENT_KEYS = ("networks", "vms", "stretch", "gateways")
+PLACEMENT_KEYS = ("networks", "vms", "stretch", "gateways", "layout")
+# What a migration with network_map / storage_map / disk_format changed of a VM on a host
+# (placement ``layout``, docs/migration.md "Mapping and conversion").
+LAYOUT_KEYS = ("network", "ip", "pool", "pool_path", "disk_format")
+DEFAULT_DISK_FORMAT = "qcow2"
 TRANSIT_NET = ipaddress.IPv4Network("169.254.0.0/24")  # inside each tenant router only
 TRANSIT_METRIC = 100  # below a connected route: a gateway that moves away hands over
 TRANSIT_OWNER = "~transit"  # not a DNS label: no network can be called that
@@ -176,7 +181,10 @@ def normalize_placement(placement: Mapping[str, Any] | None) -> dict[str, dict]:
     - ``stretch``: ``tenant/network`` -> extra hosts carrying the network's segment
       (during a migration; not recorded);
     - ``gateways``: ``tenant/network`` -> extra clouds whose router also holds the gateway
-      (make-before-break while a subnet's gateway moves; not recorded).
+      (make-before-break while a subnet's gateway moves; not recorded);
+    - ``layout``: ``tenant/vm`` -> {host: {network, ip, pool, pool_path, disk_format}}: how
+      a VM a migration mapped or converted looks on a host (``apply_layout``); an entry
+      applies while ``vms`` pins the VM to that host.
     """
     placement = placement or {}
     unknown = sorted(set(placement) - set(PLACEMENT_KEYS))
@@ -190,6 +198,94 @@ def normalize_placement(placement: Mapping[str, Any] | None) -> dict[str, dict]:
         if not isinstance(value, Mapping):
             raise PlanError(f"placement.{key}: a mapping of tenant/name to a value is required")
         out[key] = dict(value)
+    # a null entry is no entry (a record about to remove it)
+    out["layout"] = {k: v for k, v in out["layout"].items() if v is not None}
+    for name, entry in out["layout"].items():
+        if not isinstance(entry, Mapping) or not all(
+            isinstance(v, Mapping) and not set(v) - set(LAYOUT_KEYS) for v in entry.values()
+        ):
+            raise PlanError(
+                f"placement.layout: {name}: a mapping of host to {{{', '.join(LAYOUT_KEYS)}}} "
+                "is required"
+            )
+    return out
+
+
+def vm_layout(placement: Mapping[str, dict], tenant: str, vm: Mapping[str, Any]) -> dict | None:
+    """The layout entry of a VM on the host the placement pins it to (None: the spec's)."""
+    key = f"{tenant}/{vm['name']}"
+    host = placement["vms"].get(key)
+    entry = placement["layout"].get(key) or {}
+    here = entry.get(host) if host else None
+    return dict(here) if here else None
+
+
+def apply_layout(spec: Mapping[str, Any], placement: Mapping | None) -> Mapping[str, Any]:
+    """The spec as the hosts carry it: VMs a migration mapped to another network
+    (placement ``layout``) are in that network with their new ``ip``, and VMs whose disk a
+    migration moved or converted carry ``disk_pool``, ``disk_pool_path`` and ``disk_format``.
+
+    The input is not changed. A VM the spec itself has put into its layout's network keeps
+    the spec's ``ip`` (the operator wrote the spec follow-up). A layout network absent from
+    the spec, or an ``ip`` another VM of that network has, is a PlanError.
+    """
+    placement = normalize_placement(placement)
+    if not placement["layout"]:
+        return spec
+    out = copy.copy(spec)
+    out["tenants"] = []
+    for tenant in spec.get("tenants", []):
+        tname = tenant["name"]
+        entries = [k for k in placement["layout"] if k.startswith(f"{tname}/")]
+        if not entries or tenant.get("state", "present") != "present":
+            out["tenants"].append(tenant)
+            continue
+        nets = [{**n, "vms": list(n["vms"])} for n in tenant["networks"]]
+        by_name = {n["name"]: n for n in nets if n.get("state", "present") == "present"}
+        arrivals: list[tuple[dict, dict, str]] = []
+        for net in nets:
+            for index, vm in enumerate(net["vms"]):
+                if vm.get("state", "present") != "present":
+                    continue
+                here = vm_layout(placement, tname, vm)
+                if not here:
+                    continue
+                laid = dict(vm)
+                for key, field in (("pool", "disk_pool"), ("pool_path", "disk_pool_path"),
+                                   ("disk_format", "disk_format")):  # fmt: skip
+                    if here.get(key):
+                        laid[field] = here[key]
+                target = here.get("network") or net["name"]
+                if target == net["name"]:
+                    net["vms"][index] = laid
+                    continue
+                if target not in by_name:
+                    raise PlanError(
+                        f"placement.layout: VM {tname}/{vm['name']} runs on network "
+                        f"{tname}/{target} (a migration with network_map put it there), which "
+                        "is not a present network of the spec: add it back, or move the VM "
+                        "first (migrate_instance.yml -e network_map=...)"
+                    )
+                laid["ip"] = here.get("ip")
+                laid["mapped_from"], laid["spec_ip"] = net["name"], vm.get("ip")
+                laid["network"] = target
+                domain = by_name[target]["dhcp"].get("domain")
+                laid["fqdn"] = f"{vm['name']}.{domain}" if domain else None
+                net["vms"][index] = None
+                arrivals.append((by_name[target], laid, net["name"]))
+        for net in nets:
+            net["vms"] = [v for v in net["vms"] if v is not None]
+        for net, laid, origin in arrivals:
+            taken = {v.get("ip"): v["name"] for v in net["vms"]
+                     if v.get("state", "present") == "present" and v.get("ip")}  # fmt: skip
+            if laid.get("ip") and laid["ip"] in taken:
+                raise PlanError(
+                    f"placement.layout: VM {tname}/{laid['name']}, moved from network {origin} "
+                    f"to {net['name']} with ip {laid['ip']}, collides with vm "
+                    f"{taken[laid['ip']]} of the spec: give one of them another address"
+                )
+            net["vms"].append(laid)
+        out["tenants"].append({**tenant, "networks": nets})
     return out
 
 
@@ -286,6 +382,7 @@ def host_plan(
         raise PlanError(f"host {host!r} is not in any cloud group of the inventory")
     me = hosts[host]
     placement = normalize_placement(placement)
+    spec = apply_layout(spec, placement)
     netns: dict[str, dict] = {}
     links: dict[tuple[str | None, str], dict] = {}
     addresses: dict[tuple[str | None, str], list[str]] = {}
@@ -548,6 +645,7 @@ def vm_plans(
     kernel), or none to boot from the disk.
     """
     placement = normalize_placement(placement)
+    spec = apply_layout(spec, placement)
     boot = boot or {}
     where: dict[str, str] = {}
     for host, names in existing.items():
@@ -631,6 +729,14 @@ def _vm_config(
         # once, visible wherever the VM runs; a live migration moves its memory only.
         config["pool"] = vm["storage_pool"]
         config["pool_path"] = vm["storage_path"]
+    # A migration moved or converted the disk (placement layout, apply_layout).
+    if vm.get("disk_pool"):
+        config["pool"] = vm["disk_pool"]
+        config.pop("pool_path", None)
+        if vm.get("disk_pool_path"):
+            config["pool_path"] = vm["disk_pool_path"]
+    if vm.get("disk_format") and vm["disk_format"] != DEFAULT_DISK_FORMAT:
+        config["disk_format"] = vm["disk_format"]
     host_boot = boot.get(host)
     if host_boot:
         config["boot"] = {

@@ -15,7 +15,9 @@ description:
     (id, kind, object, tenant, source, destination, mode, status, started, ended, bytes,
     downtime_ms, error, per-VM details), like C(nova migration-list). The placement record
     says where migrated networks (C(tenant/network) to cloud) and VMs (C(tenant/vm) to
-    host) live now; C(create_infra.yml) reads it so that it never moves them back.
+    host) live now, and for a VM a migration mapped or converted (C(layout), C(tenant/vm) to
+    host to its C(network), C(ip), C(pool), C(pool_path) and C(disk_format) there);
+    C(create_infra.yml) reads it so that it never moves them back.
   - O(action=start) adds a row (status C(running)) and returns it with its new id;
     O(action=update) merges O(fields) into row O(id) (a terminal status, or C(finished), sets C(ended); C(confirmed) and C(reverted) also set C(closed));
     O(action=gather) only reads. O(placement) entries are merged with any action, a null
@@ -46,8 +48,9 @@ options:
     default: {}
   placement:
     description:
-      - Placement entries to merge, as C(networks) and C(vms) mappings; a null value
-        removes the entry.
+      - Placement entries to merge, as C(networks), C(vms) and C(layout) mappings; a null
+        value removes the entry. A C(layout) value replaces the VM's whole entry (host to
+        fields); empty fields are left out, and an entry left empty is removed.
     type: dict
     default: {}
 extends_documentation_fragment:
@@ -98,10 +101,11 @@ table:
   type: list
   elements: str
 placement:
-  description: The placement record after the merge (C(networks), C(vms)).
+  description: The placement record after the merge (C(networks), C(vms), C(layout)).
   returned: always
   type: dict
-  sample: {networks: {acme/web: cloud_b}, vms: {}}
+  sample: {networks: {acme/web: cloud_b}, vms: {acme/db1: mcm-b1},
+           layout: {acme/db1: {mcm-b1: {pool: mcm-fast, disk_format: raw}}}}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -15,8 +15,10 @@ description:
   - Each VM gets one virtio disk, one virtio NIC on a Linux bridge (the network's bridge)
     with a fixed MAC, a serial console, no graphics and no balloon. The domain type is
     C(kvm) where the host offers it and C(/dev/kvm) is usable, else C(qemu) (TCG).
-  - When O(config[].disk) is not given, the module owns the VM's disk itself, the qcow2 volume
-    C(<name>.qcow2) in the dir storage pool O(config[].pool) (created, built, started and
+  - When O(config[].disk) is not given, the module owns the VM's disk itself, the volume
+    C(<name>.<disk_format>) (C(<name>.qcow2) by default; a migration may have converted it to
+    another format, M(multicloud.migration.vm_migrate) O(multicloud.migration.vm_migrate#module:disk_format))
+    in the dir storage pool O(config[].pool) (created, built, started and
     autostarted when missing), optionally a copy-on-write overlay of O(config[].image). An
     existing volume is grown when smaller and never shrunk. M(multicloud.migration.vm_volume)
     manages volumes on their own.
@@ -96,10 +98,13 @@ options:
             grow or delete it - also with O(config[].state=absent), which then undefines the
             domain and leaves the disk (for example one on shared storage that another host's
             copy of the VM uses).
-          - When not given, the module manages the volume C(<name>.qcow2) in O(config[].pool).
+          - When not given, the module manages the volume C(<name>.<disk_format>) in O(config[].pool).
         type: str
       disk_format:
-        description: Format of O(config[].disk).
+        description:
+          - Format of O(config[].disk), or of the module's own volume C(<name>.<disk_format>)
+            (one of V(qcow2), V(raw), V(vmdk), V(vhdx); a new volume with an O(config[].image)
+            must be V(qcow2)).
         type: str
         default: qcow2
       disk_mib:

@@ -27,6 +27,18 @@ description:
     as zeros; a hole costs one 32-byte update per MiB), then the domain is defined there with the same
     XML (same UUID and MAC) and started when it was running. The source stays defined and
     shut off (its autostart turned off), for a later confirm or revert.
+  - V(cold) may also change the VM's layout on the way (mapping and conversion, as
+    Coriolis and Forklift do) - O(destination_pool) puts the copied disks in another pool of
+    the destination (created from O(destination_pool_path) when missing), O(disk_format)
+    converts them (V(qcow2), V(raw), V(vmdk), V(vhdx)) with C(qemu-img convert) on the source
+    (an argv list, reading through the backing chain; the new image is standalone), and
+    O(destination_bridge) / O(destination_network) put the NIC (same MAC) on another bridge
+    and record that network in the domain's metadata. A converted disk is verified by the
+    checksum of its guest-visible content (the raw bytes the guest sees) on both sides - on
+    the source from the raw image, on the destination from a raw view its libvirt makes of
+    the copy (C(storageVolCreateXMLFrom), which runs the destination's C(qemu-img)); a
+    mismatch fails the migration before the domain is defined there. V(live) and
+    V(live-block) refuse these options; V(auto) picks V(cold) for them.
   - V(auto) picks V(live) when every disk is under O(shared_paths), else V(live-block) for
     a running domain and V(cold) for a shut-off one; RV(mode) and RV(mode_reason) say which.
   - While a live migration runs, its job statistics are sampled every second into
@@ -108,6 +120,15 @@ options:
     description: Maximum tolerated downtime of a live migration in milliseconds (C(migrateSetMaxDowntime)).
     type: int
     default: 30
+  guest_watch_s:
+    description:
+      - After a live migration, seconds to watch the domain on the destination for a guest
+        reset or crash (libvirt's reboot and crashed events, also seen during the job); each
+        one is returned in RV(guest_resets) and warned about. 0 does not watch.
+      - A guest that resets right after its cutover lost its running state although libvirt
+        reports success; under TCG qemu's memory pre-copy has been seen to cause it.
+    type: float
+    default: 3
   bandwidth_mib:
     description:
       - Bandwidth limit of a live migration in MiB/s (C(VIR_MIGRATE_PARAM_BANDWIDTH));
@@ -139,6 +160,50 @@ options:
     description: Directory of O(pool).
     type: path
     default: /var/lib/mcm/vms
+  destination_pool:
+    description:
+      - V(cold) - the storage pool of the destination the disks are copied into (instead of
+        the pool of their own directory there). It must exist on the destination (a dir, fs
+        or netfs pool; started when inactive), or O(destination_pool_path) is given to create
+        it. Checked before the VM is touched, also in check mode.
+      - The file name stays (C(<domain>.<format>)); only its directory changes.
+    type: str
+  destination_pool_path:
+    description:
+      - Directory to create O(destination_pool) from (a dir pool, built, started and
+        autostarted) when the destination lacks it. A pool that exists elsewhere is refused.
+      - A migration that fails removes the pool it created, when it is empty.
+    type: path
+  disk_format:
+    description:
+      - V(cold) - convert every copied disk to this format on the way (the destination file
+        is C(<domain>.<format>)), and define the domain with it. The destination's libvirt
+        must know the format (its dir pools' volume formats; libvirt 9.0 has no V(vhdx)), and
+        the source needs C(qemu-img) (Debian C(qemu-utils)) with both formats; both are
+        checked before the VM is touched.
+      - A disk already in this format is copied as it is.
+    type: str
+    choices: [qcow2, raw, vmdk, vhdx]
+  destination_bridge:
+    description:
+      - V(cold) - the bridge of the NIC on the destination (the first NIC of type bridge; its
+        MAC kept). It must exist there (checked; in check mode a warning, as the migration
+        playbooks build it just before the copy).
+    type: str
+  destination_network:
+    description:
+      - With O(destination_bridge), the tenant network written into the domain's metadata
+        (C(mcm:vm network=)), so that M(multicloud.migration.vm_info) and
+        M(multicloud.migration.vm) see the VM on its new network.
+    type: str
+  convert_dir:
+    description:
+      - Directory on the source for the temporary images of a conversion (created, mode
+        0700; each image deleted when the disk is copied or the migration failed). Needs
+        about the allocation of the disk and its backing chain, twice when neither side is
+        V(raw) (checked before the VM is touched).
+    type: path
+    default: /var/lib/mcm/convert
   progress_file:
     description:
       - A file on the managed (source) host where the latest progress sample is written as
@@ -190,7 +255,9 @@ notes:
     naming the job.
   - For V(cold) the checksum is taken over each volume's bytes as stored (holes read as
     zeros) - for a raw volume exactly what the guest sees, for a qcow2 volume its image file
-    (the guest's data plus qcow2 metadata; its backing image is not copied).
+    (the guest's data plus qcow2 metadata; its backing image is not copied). A disk converted
+    with O(disk_format) is checked by the checksum of its guest-visible content instead
+    (RV(checksum) C(content=guest)), which also proves the conversion.
 seealso:
   - module: multicloud.migration.vm
   - module: multicloud.migration.vm_info
@@ -227,7 +294,10 @@ EXAMPLES = r"""
       - name: ex-acme-web1.qcow2
   delegate_to: mcm-a1
 
-- name: Cold migration back to mcm-a1, with the checksum of every disk
+# cold may also map and convert: here the disk lands as raw in the pool ex-fast of mcm-a1
+# (made at /var/lib/mcm/ex-fast when missing), checked by its guest-visible checksum;
+# destination_bridge (and destination_network) would put the NIC on another bridge
+- name: Cold migration back to mcm-a1, converted to raw into another pool, with the checksum of every disk
   multicloud.migration.vm_migrate:
     name: ex-acme-web1
     destination: mcm-a1
@@ -236,6 +306,9 @@ EXAMPLES = r"""
     # destination_uri: qemu+ssh://root@mcm-a1/system
     mode: cold
     shutdown_timeout: 10
+    disk_format: raw
+    destination_pool: ex-fast
+    destination_pool_path: /var/lib/mcm/ex-fast
   delegate_to: mcm-b1
   register: moved_back
 """
@@ -258,6 +331,9 @@ plan:
       C(copied_disks), C(disk_bytes), C(memory_bytes), C(bytes_to_copy), C(bandwidth_mib),
       C(bandwidth_assumed), C(estimated_seconds), C(encryption) and for live modes C(flags)
       and C(max_downtime_ms).
+    - For a V(cold) migration that changes the layout, C(relayout) - C(disks) (C(path),
+      C(format), C(destination_path), C(destination_format), C(destination_pool),
+      C(convert)), C(bridge) (C(from), C(to)) and C(network).
   returned: when something was (or would be) migrated
   type: dict
 stats:
@@ -272,6 +348,15 @@ stats:
   returned: success, outside check mode
   type: dict
   sample: {downtime_ms: 64, elapsed_ms: 1130, bytes: 61440000, disk_bytes: 3014656, memory_bytes: 58000000}
+guest_resets:
+  description:
+    - Live modes - the guest's resets and crashes seen on the destination during the job and
+      the O(guest_watch_s) after it - C(event) (V(reset) or V(crashed)), C(after_s) (seconds
+      after the job ended, negative during it). Empty when the guest ran on.
+  returned: success of a live mode, outside check mode
+  type: list
+  elements: dict
+  sample: [{event: reset, after_s: 0.8}]
 progress:
   description:
     - Samples taken about every second while the data moved - C(elapsed_s), C(percent)
@@ -282,8 +367,11 @@ progress:
   elements: dict
 checksum:
   description:
-    - V(cold) - per copied disk C(path), C(algorithm) (V(sha256-1mib-blocks)), C(source) (hash of the bytes
-      sent), C(destination) (hash read back on the destination), C(match), C(bytes),
+    - V(cold) - per copied disk C(path), C(destination_path), C(source_format),
+      C(destination_format), C(content) (V(file) - the image file as stored, or V(guest) - the
+      guest-visible content, for a converted disk), C(algorithm) (V(sha256-1mib-blocks)),
+      C(source) (hash of the bytes sent, or of the source's guest-visible content),
+      C(destination) (hash read back on the destination), C(match), C(bytes),
       C(data_bytes), C(hole_bytes), C(sparse), C(seconds).
   returned: always (null unless cold)
   type: list
@@ -341,11 +429,14 @@ diff:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.multicloud.migration.plugins.module_utils.libvirt_migrate import (
+    DEFAULT_CONVERT_DIR,
     DEFAULT_ENCRYPTION,
+    DEFAULT_GUEST_WATCH_S,
     DEFAULT_MAX_DOWNTIME_MS,
     DEFAULT_SHARED_PATHS,
     DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TIMEOUT,
+    DISK_FORMATS,
     ENCRYPTION_CHOICES,
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
@@ -376,14 +467,25 @@ def main() -> None:
             "unsafe": {"type": "bool"},
             "max_downtime_ms": {"type": "int", "default": DEFAULT_MAX_DOWNTIME_MS},
             "bandwidth_mib": {"type": "int"},
+            "guest_watch_s": {"type": "float", "default": DEFAULT_GUEST_WATCH_S},
             "auto_converge": {"type": "bool", "default": False},
             "timeout": {"type": "int", "default": DEFAULT_TIMEOUT},
             "shutdown_timeout": {"type": "int", "default": DEFAULT_SHUTDOWN_TIMEOUT},
             "pool": {"type": "str", "default": "mcm"},
             "pool_path": {"type": "path", "default": "/var/lib/mcm/vms"},
+            "destination_pool": {"type": "str"},
+            "destination_pool_path": {"type": "path"},
+            "disk_format": {"type": "str", "choices": list(DISK_FORMATS)},
+            "destination_bridge": {"type": "str"},
+            "destination_network": {"type": "str"},
+            "convert_dir": {"type": "path", "default": DEFAULT_CONVERT_DIR},
             "progress_file": {"type": "path"},
             # used by the action plugin (plugins/action/vm_migrate.py); ignored here
             "progress_interval": {"type": "float", "default": 3},
+        },
+        required_by={
+            "destination_pool_path": "destination_pool",
+            "destination_network": "destination_bridge",
         },
         supports_check_mode=True,
     )
@@ -392,6 +494,8 @@ def main() -> None:
     for key in ("max_downtime_ms", "timeout"):
         if module.params[key] < 1:
             module.fail_json(msg=f"{key} must be at least 1")
+    if module.params["guest_watch_s"] < 0:
+        module.fail_json(msg="guest_watch_s must be 0 (no watch) or more")
     if module.params["bandwidth_mib"] is not None and module.params["bandwidth_mib"] < 1:
         module.fail_json(msg="bandwidth_mib must be at least 1 (leave it out for no limit)")
     try:

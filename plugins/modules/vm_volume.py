@@ -58,6 +58,12 @@ options:
         description: Format of O(config[].image).
         type: str
         default: qcow2
+      path:
+        description:
+          - With O(state=deleted), the volume is found by this path, in whichever pool holds
+            its directory, instead of by O(config[].name) in O(config[].pool) (a disk a
+            migration copied into another pool). Its file name must be O(config[].name).
+        type: path
   state:
     description:
       - V(merged) creates missing volumes and grows smaller ones.
@@ -146,6 +152,7 @@ ITEM_SPEC = {
     "format": {"type": "str", "default": "qcow2"},
     "image": {"type": "path"},
     "image_format": {"type": "str", "default": "qcow2"},
+    "path": {"type": "path"},
 }
 
 

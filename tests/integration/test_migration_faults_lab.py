@@ -5,7 +5,10 @@ with its disk, MAC and IP, the destination has no domain and no volume of it, th
 row is failed with the error; with the fault removed, the same migration succeeds.
 
 Tenant mft: net 10.38.1.0/24 on cloud_a with k1 (10.38.1.10, mcm-a1), c1 (10.38.1.11,
-mcm-a2) and d1 (10.38.1.12, mcm-a1), one VM per fault, each moved to cloud_b (mcm-b1).
+mcm-a2), d1 (10.38.1.12, mcm-a1), m1 (10.38.1.13, mcm-a2) and v1 (10.38.1.14, mcm-a1),
+one VM per fault (the link is cut twice: during the disk mirror, with m1, and during the
+memory copy, with c1; v1 fails the verification after its cutover), each moved to
+cloud_b (mcm-b1).
 To make a migration last long enough to be hit, the guest's memory holds 40 MiB of random
 data and the migration runs at 2 MiB/s; the fault is injected once libvirt's job runs on
 the source (virsh domjobinfo). Every fault is removed by its fixture, also after a
@@ -29,7 +32,7 @@ import time
 import pytest
 
 from conftest import BIN, ROOT, console, lab_env, libvirt_cleanup, libvirt_probe
-from migration_lab import ledger, tenant_env, where
+from migration_lab import ledger, placement, tenant_env, where
 
 pytestmark = pytest.mark.lab
 
@@ -50,6 +53,10 @@ SPEC = {
                          "ip": "10.38.1.11", "host": "mcm-a2"},
                         {"name": "d1", "vcpus": 1, "memory": "128MiB", "disk": "64MiB",
                          "ip": "10.38.1.12", "host": "mcm-a1"},
+                        {"name": "m1", "vcpus": 1, "memory": "128MiB", "disk": "64MiB",
+                         "ip": "10.38.1.13", "host": "mcm-a2"},
+                        {"name": "v1", "vcpus": 1, "memory": "128MiB", "disk": "64MiB",
+                         "ip": "10.38.1.14", "host": "mcm-a1"},
                     ],
                 },
             ],
@@ -96,14 +103,18 @@ def disk_marker(host: str, domain: str) -> str:
     return out["out"]
 
 
-def prepare_guest(src: str, domain: str) -> str:
-    """A marker on the guest's disk, random data in its memory; the marker."""
+def prepare_guest(src: str, domain: str, memory_mib: int = FILL_MIB, disk_mib: int = 0) -> str:
+    """A marker on the guest's disk, ``memory_mib`` MiB of random data in its memory (and
+    ``disk_mib`` MiB on its disk, for a disk mirror that lasts; not both: 128 MiB of guest
+    memory hold the initramfs, the tmpfs and the page cache); the marker."""
     marker = f"{domain}-marker-{time.time_ns()}"
-    [wrote, filled] = console(
+    [wrote, *filled] = console(
         src, domain, f"echo {marker} > /mnt/disk/marker && sync",
-        f"head -c {FILL_MIB * 1048576} /dev/urandom > /dev/shm/fill; echo ok", timeout=300,
+        f"head -c {memory_mib * 1048576} /dev/urandom > /dev/shm/fill; echo ok",
+        # 1 MiB writes: the guest mounts its disk with -o sync (small writes crawl there)
+        f"dd if=/dev/urandom of=/mnt/disk/fill bs=1048576 count={disk_mib} && sync", timeout=300,
     )  # fmt: skip
-    assert wrote["rc"] == 0 and filled["rc"] == 0, (wrote, filled)
+    assert wrote["rc"] == 0 and all(f["rc"] == 0 for f in filled), (wrote, filled)
     return marker
 
 
@@ -141,10 +152,9 @@ def migrate(env, vm: str, *args: str) -> tuple[int, dict]:
 
 def wait_for_phase(proc: subprocess.Popen, host, domain: str, phase: str,
                    timeout: float = 300) -> None:  # fmt: skip
-    """Until the migration job of ``domain`` on ``host`` is in ``phase``: "job" (it runs)
-    or "memory" (it copies memory: its disk mirror is done). The link is cut in the memory
-    phase; a cut during the disk mirror ends the same way, when TCP gives up (the lab's
-    tcp_retries2, docs/migration.md, Faults), and is not tested on its own."""
+    """Until the migration job of ``domain`` on ``host`` is in ``phase``: "job" (it runs),
+    "disk" (it runs and has not copied memory yet: the disk mirror) or "memory" (it copies
+    memory: its disk mirror is done)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -153,19 +163,20 @@ def wait_for_phase(proc: subprocess.Popen, host, domain: str, phase: str,
                         f"{err[-3000:]}")  # fmt: skip
         info = host.run("virsh domjobinfo %s", domain).stdout
         memory = re.search(r"^Memory processed:\s+([\d.]+)", info, re.M)
-        if "Unbounded" in info and (phase == "job" or (memory and float(memory.group(1)) > 0)):
+        copying = bool(memory and float(memory.group(1)) > 0)
+        if "Unbounded" in info and (phase == "job" or copying == (phase == "memory")):
             return
         time.sleep(0.5)
     pytest.fail(f"the migration of {domain} did not reach its {phase} phase within {timeout} s")
 
 
-def stop_message(data: dict) -> str:
-    """The message of the playbook's final 'Stop here' task."""
+def stop_message(data: dict, name: str = "Stop here") -> str:
+    """The message of the playbook's final 'Stop here' task (or another task ``name``)."""
     for play in data["plays"]:
         for task in play["tasks"]:
-            if task["task"]["name"] == "Stop here":
+            if task["task"]["name"] == name:
                 return task["hosts"]["localhost"]["msg"]
-    raise AssertionError("the playbook did not reach 'Stop here':\n" + json.dumps(data)[-3000:])
+    raise AssertionError(f"the playbook did not reach {name!r}:\n" + json.dumps(data)[-3000:])
 
 
 def assert_rolled_back(env, hosts, vm: str, src: str, *, rc: int, data: dict, mac: str,
@@ -326,16 +337,26 @@ def test_destination_libvirtd_killed_mid_migration(env, hosts, libvirtd_back):
     print("\nfault test timings (libvirtd):", json.dumps(MEASURED["libvirtd"]))
 
 
-def test_link_cut_mid_migration(env, hosts, link_back):
-    vm, src, domain = "c1", "mcm-a2", f"{TENANT}-c1"
+@pytest.mark.parametrize(("vm", "phase"), [("m1", "disk"), ("c1", "memory")])
+def test_link_cut_mid_migration(env, hosts, link_back, vm, phase):
+    """The link cut during the disk mirror (12 MiB of random data on the guest's disk, none
+    in its memory, at 2 MiB/s: about 6 s of it) or during the memory copy; either stalls
+    the stream in a TCP send, which the lab's tcp_retries2 (docs/migration.md, Faults)
+    ends in seconds."""
+    src, domain = "mcm-a2", f"{TENANT}-{vm}"
     started = time.monotonic()
-    marker = prepare_guest(src, domain)
+    marker = (prepare_guest(src, domain, memory_mib=0, disk_mib=12) if phase == "disk"
+              else prepare_guest(src, domain))  # fmt: skip
     mac = mac_on(hosts[src], domain)
     peer = str(env["topology"].host(src).wan_ip)
     proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
     try:
-        wait_for_phase(proc, hosts[src], domain, "memory")
+        wait_for_phase(proc, hosts[src], domain, phase)
         cut_link(hosts[DST], peer)
+        info = hosts[src].run("virsh domjobinfo %s", domain).stdout
+        if phase == "disk":
+            memory = re.search(r"^Memory processed:\s+([\d.]+)", info, re.M)
+            assert not memory or float(memory.group(1)) == 0, f"cut after the disk mirror:\n{info}"
         rc, data, _err = finish(proc)
     finally:
         hosts[DST].run("nft delete table inet %s", NFT_TABLE)
@@ -346,9 +367,10 @@ def test_link_cut_mid_migration(env, hosts, link_back):
     assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
                        reason="migration failed")  # fmt: skip
     rerun = assert_rerun_moves(env, hosts, vm, marker, mac)
-    MEASURED["link"] = {"fault_run_s": round(failed_at - started, 1), "rerun_s": round(rerun, 1),
-                        "total_s": round(time.monotonic() - started, 1)}  # fmt: skip
-    print("\nfault test timings (link):", json.dumps(MEASURED["link"]))
+    MEASURED[f"link-{phase}"] = {"fault_run_s": round(failed_at - started, 1),
+                                 "rerun_s": round(rerun, 1),
+                                 "total_s": round(time.monotonic() - started, 1)}  # fmt: skip
+    print(f"\nfault test timings (link cut, {phase}):", json.dumps(MEASURED[f"link-{phase}"]))
 
 
 def test_destination_disk_full(env, hosts, pool_back):
@@ -388,3 +410,39 @@ def test_destination_disk_full(env, hosts, pool_back):
                         "rerun_s": round(rerun, 1),
                         "total_s": round(time.monotonic() - started, 1)}  # fmt: skip
     print("\nfault test timings (disk):", json.dumps(MEASURED["disk"]))
+
+
+def test_failure_after_the_cutover_is_recorded(env, hosts):
+    """A step after the cutover fails (v1's eth0 is down, so it does not answer the
+    verification's ping from its DHCP namespace): the VM runs on the destination and the
+    placement says so, the ledger row is failed with what failed (not left running, which
+    would refuse every later migration of the tenant), and the next migration runs."""
+    vm, src, domain = "v1", "mcm-a1", f"{TENANT}-v1"
+    mac = mac_on(hosts[src], domain)
+    [down] = console(src, domain, "ip link set eth0 down")
+    assert down["rc"] == 0, down
+    try:
+        rc, data = migrate(env, vm, "-e", "timeout=300")
+        assert rc != 0, json.dumps(data)[-3000:]
+        message = stop_message(data, "Stop here when a step after the cutover failed")
+        assert "run on their destinations (placement recorded)" in message, message
+        assert "answers from its DHCP namespace" in message, message
+        assert where(hosts, domain) == {DST: "running"}
+        assert mac_on(hosts[DST], domain) == mac
+        row = ledger(env)[-1]
+        assert row["status"] == "failed" and row["object"] == f"{TENANT}/{vm}", row
+        assert row["error"].startswith("after the cutover (the VMs run on their destinations)"), row
+        assert placement(env)["vms"][f"{TENANT}/{vm}"] == DST
+        assert f"{src}:{POOL_DIR}/{domain}.qcow2" in message, message  # kept, and said so
+    finally:
+        for name in (src, DST):
+            if domain in hosts[name].run("virsh list --name").stdout.split():
+                console(name, domain, "ip link set eth0 up", "kill -USR1 $(pidof udhcpc)")
+    assert answers(hosts, SPEC_IPS[vm])
+    # as the message says: the source's disk is deleted once the VM is fine
+    assert hosts[src].run("virsh vol-delete %s/%s.qcow2", POOL_DIR, domain).rc == 0
+    # the failed row does not refuse the next migration of the tenant: v1 goes back
+    rc, data = migrate(env, vm, "-e", "to=cloud_a", "-e", f"host={src}")
+    assert rc == 0, json.dumps(data)[-3000:]
+    assert where(hosts, domain) == {src: "running"}
+    assert ledger(env)[-1]["status"] == "completed"

@@ -255,6 +255,16 @@ def migration_tls(hosts: dict) -> None:
     assert proc.returncode == 0, f"{playbook.name}: {proc.stdout[-3000:]}{proc.stderr[-2000:]}"
 
 
+# vm_migrate's cold example converts the disk into this pool of mcm-a1, made from the path
+EX_POOL, EX_POOL_DIR = "ex-fast", "/var/lib/mcm/ex-fast"
+EX_POOL_CLEANUP = f"""
+virsh pool-destroy {EX_POOL} >/dev/null 2>&1
+virsh pool-undefine {EX_POOL} >/dev/null 2>&1
+rm -rf {EX_POOL_DIR}
+true
+"""
+
+
 def vm_migrate_setup() -> list[dict]:
     """ex-acme-web1 running on mcm-a1, its disk in the local mcm pool."""
     vm = lab_guest(GUEST, TENANT, BRIDGE)
@@ -274,9 +284,16 @@ def verify_vm_migrate(results: dict[str, dict], hosts: dict) -> None:
     assert plan["mode"] == "live-block" and plan["plan"]["estimated_seconds"] > 0
     moved = results["Move ex-acme-web1 from mcm-a1 to mcm-b1, mode chosen by the module"]
     assert moved["mode"] == "live-block" and moved["destination_state"] == "running"
-    back = results["Cold migration back to mcm-a1, with the checksum of every disk"]
+    back = results["Cold migration back to mcm-a1, converted to raw into another pool, with "
+                   "the checksum of every disk"]  # fmt: skip
     assert back["mode"] == "cold" and all(c["match"] for c in back["checksum"])
+    [disk] = back["checksum"]
+    assert (disk["source_format"], disk["destination_format"], disk["content"]) == (
+        "qcow2", "raw", "guest"), disk  # fmt: skip
+    assert disk["destination_path"] == f"{EX_POOL_DIR}/{GUEST}.raw", disk
     src = libvirt_probe(hosts[MIGRATE_SRC], PREFIX)["domains"]
+    assert f"<source file='{EX_POOL_DIR}/{GUEST}.raw'" in src[GUEST]["xml"]
+    assert "type='raw'" in src[GUEST]["xml"]
     dst = libvirt_probe(hosts[MIGRATE_DST], PREFIX)["domains"]
     assert src[GUEST]["state"] == RUNNING
     assert dst[GUEST]["state"] == SHUTOFF and dst[GUEST]["persistent"]  # kept for a revert
@@ -446,6 +463,7 @@ RUNNERS: dict[str, Runner] = {
         setup_tasks=vm_migrate_setup,
         before=migration_tls,
         verify=verify_vm_migrate,
+        cleanup=EX_POOL_CLEANUP,
     ),
     # files in /etc/mcm-example on mcm-a2 (removed by the set-up and after the check)
     "tls_files": Runner(setup={HOST: f"rm -rf {TLS_EXAMPLE_DIR}"}, verify=verify_tls_files),

@@ -59,16 +59,39 @@ def test_errors_name_what_is_wrong(state):
 def test_placement_merges_and_null_removes(state):
     moved = {"vms": {"acme/web1": "mcm-b1"}, "networks": {"acme/web": "cloud_b"}}
     changed, before, after = state.merge_placement(moved)
-    assert changed and before == {"networks": {}, "vms": {}}
+    assert changed and before == {"networks": {}, "vms": {}, "layout": {}}
     assert state.placement() == after == {"networks": {"acme/web": "cloud_b"},
-                                          "vms": {"acme/web1": "mcm-b1"}}  # fmt: skip
+                                          "vms": {"acme/web1": "mcm-b1"}, "layout": {}}  # fmt: skip
     assert not state.merge_placement({"vms": {"acme/web1": "mcm-b1"}})[0]
     state.merge_placement({"vms": {"acme/web1": None}, "networks": {"acme/web": None}})
-    assert state.placement() == {"networks": {}, "vms": {}}
+    assert state.placement() == {"networks": {}, "vms": {}, "layout": {}}
     with pytest.raises(ledger.LedgerError, match="unknown key"):
         state.merge_placement({"stretch": {}})
     with pytest.raises(ledger.LedgerError, match="not tenant/name"):
         state.merge_placement({"vms": {"web1": "mcm-b1"}})
+
+
+def test_layout_entries_are_host_to_fields_and_replace_the_whole_entry(state):
+    """A mapped VM's layout: host -> its fields there; empty fields and hosts are left out,
+    a value replaces the VM's entry, an empty or null one removes it."""
+    laid = {"mcm-a1": {"pool": "mcm-fast", "disk_format": "raw", "ip": None},
+            "mcm-b1": {"network": "web2", "ip": "10.61.2.2"}, "mcm-a2": {}}  # fmt: skip
+    state.merge_placement({"layout": {"acme/web1": laid}})
+    assert state.placement()["layout"] == {"acme/web1": {
+        "mcm-a1": {"pool": "mcm-fast", "disk_format": "raw"},
+        "mcm-b1": {"network": "web2", "ip": "10.61.2.2"}}}  # fmt: skip
+    state.merge_placement({"layout": {"acme/web1": {"mcm-b1": {"disk_format": "vmdk"}}}})
+    assert state.placement()["layout"] == {"acme/web1": {"mcm-b1": {"disk_format": "vmdk"}}}
+    assert not state.merge_placement(
+        {"layout": {"acme/web1": {"mcm-b1": {"disk_format": "vmdk"}}}}
+    )[0]
+    state.merge_placement({"layout": {"acme/web1": {"mcm-b1": {}}}})
+    assert state.placement()["layout"] == {}
+    state.merge_placement({"layout": {"acme/web1": {"mcm-b1": {"disk_format": "raw"}}}})
+    state.merge_placement({"layout": {"acme/web1": None}})
+    assert state.placement()["layout"] == {}
+    with pytest.raises(ledger.LedgerError, match="mapping of host to fields"):
+        state.merge_placement({"layout": {"acme/web1": "mcm-b1"}})
 
 
 def test_open_rows_are_per_tenant(state):

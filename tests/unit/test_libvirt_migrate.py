@@ -580,3 +580,79 @@ def test_a_shared_disk_gets_its_pool_on_the_destination(monkeypatch, fake_libvir
     migration.shared_pool(disks)
     expected = [("create", "pool", "mcm-shared")] if created else []
     assert [(c["action"], c["object"], c["name"]) for c in migration.changes] == expected
+
+
+# --------------------------------------------------------------------------- guest reset watch
+
+
+class _EventConn:
+    """Records domainEventRegisterAny callbacks; ``fire`` calls them like libvirt's loop."""
+
+    def __init__(self) -> None:
+        self.callbacks: dict[int, tuple[int, object]] = {}
+        self.deregistered: list[int] = []
+
+    def domainEventRegisterAny(self, _dom, event_id, callback, _opaque):
+        self.callbacks[len(self.callbacks) + 1] = (event_id, callback)
+        return len(self.callbacks)
+
+    def domainEventDeregisterAny(self, callback_id):
+        self.deregistered.append(callback_id)
+
+    def fire(self, event_id: int, name: str, *args) -> None:
+        dom = SimpleNamespace(name=lambda: name)
+        for kind, callback in self.callbacks.values():
+            if kind == event_id:
+                callback(self, dom, *args, None)
+
+
+def test_guest_reset_watch_sees_the_domains_reset_and_crash_not_others(fake_libvirt, monkeypatch):
+    monkeypatch.setattr(lm, "_EVENT_LOOP", {"thread": object()})
+    conn = _EventConn()
+    watch = lm.GuestResetWatch(conn, "t-vm")
+    assert watch.active and sorted(kind for kind, _cb in conn.callbacks.values()) == [0, 1]
+    conn.fire(1, "t-other")  # another domain's reset
+    conn.fire(0, "t-vm", 5, 0)  # t-vm's lifecycle event: resumed, not crashed
+    started = time.monotonic()
+    assert watch.wait(0.3, started) == [] and time.monotonic() - started >= 0.3
+    conn.fire(1, "t-vm")
+    conn.fire(0, "t-vm", 8, 0)  # VIR_DOMAIN_EVENT_CRASHED
+    events = watch.wait(5, started)
+    assert [e["event"] for e in events] == ["reset", "crashed"]
+    assert all(0 <= e["after_s"] < 5 for e in events)
+    watch.close()
+    assert conn.deregistered == [1, 2] and watch.ids == []
+
+
+def test_guest_reset_watch_without_an_event_loop_watches_nothing(fake_libvirt, monkeypatch):
+    monkeypatch.setattr(lm, "_EVENT_LOOP", {})
+    conn = _EventConn()
+    watch = lm.GuestResetWatch(conn, "t-vm")
+    assert not watch.active and conn.callbacks == {}
+    assert watch.wait(10, time.monotonic()) == []  # returns at once
+
+
+def test_guest_resets_become_the_ledger_rows_error():
+    from ansible_collections.multicloud.migration.plugins.filter.migration import (
+        migration_guest_resets,
+        migration_result,
+    )
+
+    moved = {"item": {"key": "t/a"}, "guest_resets": []}
+    reset = {"item": {"key": "t/b"}, "guest_resets": [{"event": "reset", "after_s": 0.8}]}
+    assert migration_guest_resets([moved]) is None
+    assert migration_guest_resets([moved, reset]) == (
+        "t/b: the guest was reset on the destination (0.8 s after its migration ended): "
+        "it lost its running state"
+    )
+    assert migration_result(reset)["guest_resets"] == [{"event": "reset", "after_s": 0.8}]
+
+
+def test_source_disks_left_names_host_and_path():
+    from ansible_collections.multicloud.migration.plugins.filter.migration import (
+        source_disks_left,
+    )
+
+    result = {"item": {"source": "mcm-a1"}, "source_disks_left": ["/v/t-a.qcow2", "/v/t-b.raw"]}
+    assert source_disks_left(result) == ["mcm-a1:/v/t-a.qcow2", "mcm-a1:/v/t-b.raw"]
+    assert source_disks_left({"item": {"source": "mcm-a1"}}) == []

@@ -309,8 +309,8 @@ def test_scope_matches_tenant_exactly():
 
 
 class _LvError(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(f"libvirt error {code}")
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message or f"libvirt error {code}")
         self.code = code
 
     def get_error_code(self) -> int:
@@ -435,3 +435,34 @@ def test_removal_finds_the_shared_volume_by_path_once_and_keeps_a_given_disk(sha
     assert [c["action"] for c in conv.changes] == ["delete"]
     assert lv.normalize_vm({"name": "t-v", "state": "absent", "disk": "/d"})["keep_disk"]
     assert not lv.normalize_vm({"name": "t-v", "state": "absent"})["keep_disk"]
+
+
+class _BusyPool:
+    """A pool whose refresh fails with libvirt's 'asynchronous jobs running' ``busy`` times."""
+
+    def __init__(self, busy: int, message: str = "internal error: pool 'mcm' has asynchronous "
+                                                 "jobs running.") -> None:  # fmt: skip
+        self.busy, self.message, self.calls = busy, message, 0
+
+    def refresh(self, _flags: int) -> int:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise _LvError(1, self.message)
+        return 0
+
+
+def test_refresh_pool_waits_while_a_volume_is_being_built(shared_pool):
+    pool = _BusyPool(busy=3)
+    lv.refresh_pool(pool, timeout=5)
+    assert pool.calls == 4
+
+
+def test_refresh_pool_gives_up_after_its_timeout_and_raises_other_errors_at_once(shared_pool):
+    pool = _BusyPool(busy=1000)
+    with pytest.raises(_LvError, match="asynchronous jobs"):
+        lv.refresh_pool(pool, timeout=0.2)
+    assert 1 < pool.calls < 10
+    other = _BusyPool(busy=5, message="storage pool 'mcm' is not active")
+    with pytest.raises(_LvError, match="not active"):
+        lv.refresh_pool(other, timeout=5)
+    assert other.calls == 1
