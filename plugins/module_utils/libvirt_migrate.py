@@ -1960,13 +1960,7 @@ def stream_volume(
         if up is not None:
             up.finish()
     except (MigrationError, _lverr()):
-        for stream in (down, up):
-            if stream is None:
-                continue
-            try:
-                stream.abort()
-            except _lverr():
-                pass  # already finished or broken: nothing more to release
+        _abort_streams(down, up)
         raise
     return {
         "checksum": digest.hexdigest(),
@@ -2032,10 +2026,7 @@ def send_file(
                 progress(data_bytes + hole_bytes)
         up.finish()
     except (MigrationError, OSError, _lverr()):
-        try:
-            up.abort()
-        except _lverr():
-            pass  # already finished or broken: nothing more to release
+        _abort_streams(up)
         raise
     return {
         "checksum": digest.hexdigest(),
@@ -2044,6 +2035,17 @@ def send_file(
         "hole_bytes": hole_bytes,
         "sparse": bool(sparse_up),
     }
+
+
+def _abort_streams(*streams: Any) -> None:
+    """Abort the given libvirt streams (None skipped) after a failed copy."""
+    for stream in streams:
+        if stream is None:
+            continue
+        try:
+            stream.abort()
+        except _lverr():
+            pass  # already finished or broken: nothing more to release
 
 
 def _send_all(stream: Any, data: bytes) -> None:

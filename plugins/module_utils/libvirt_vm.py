@@ -1152,20 +1152,7 @@ class Converger:
     def _volume_by_path(self, path: str) -> Any | None:
         """The volume at ``path``; pools of its directory are refreshed when it is not known
         (a pool on shared storage does not see what another host created)."""
-        for attempt in range(2):
-            try:
-                return self.conn.storageVolLookupByPath(path)
-            except libvirt.libvirtError:
-                if attempt:
-                    return None
-            directory = os.path.normpath(os.path.dirname(path))
-            for pool in self.conn.listAllStoragePools(0):
-                if not pool.isActive():
-                    continue
-                target = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path")
-                if target and os.path.normpath(target) == directory:
-                    refresh_pool(pool)
-        return None
+        return volume_at(self.conn, path)
 
     # ------------------------------------------------------------------ records
     def record(self, name: str) -> dict[str, Any] | None:
