@@ -100,7 +100,7 @@ integration: lab
 
 # One pytest run, so its closing line counts everything.
 test: deps lint lab
-	$(PY) -m pytest tests/unit tests/integration
+	$(PY) -m pytest --durations=30 tests/unit tests/integration
 
 # Benchmarks (not part of make test; docs/performance.md): each prints our figure next to a
 # baseline measured in the same run, checks both reached the same end state and writes

@@ -178,7 +178,8 @@ print(len(data), hashlib.sha256(data).hexdigest(), f"{time.monotonic() - started
 
 class TestSetupOvs:
     @pytest.fixture(scope="class")
-    def ovs_lab(self, hosts):
+    @classmethod
+    def ovs_lab(cls, hosts):
         before = {name: ovs_snapshot(hosts[name]) for name in OVS_HOSTS}
         try:
             yield {name: hosts[name] for name in OVS_HOSTS}
@@ -281,7 +282,8 @@ def fdb_dsts(host) -> list[str]:
 
 class TestBuildOverlay:
     @pytest.fixture(scope="class")
-    def overlay_lab(self, hosts, tmp_path_factory):
+    @classmethod
+    def overlay_lab(cls, hosts, tmp_path_factory):
         overlay_cleanup(hosts)
         try:
             yield {"hosts": hosts, "tmp": tmp_path_factory.mktemp("overlay")}
