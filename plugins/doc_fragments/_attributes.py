@@ -41,3 +41,16 @@ attributes:
     support: full
     details: This action does not modify state.
 """
+
+    # Modules with an action plugin that runs them in the controller's process there.
+    CONTROLLER_ACTION = r"""
+options: {}
+attributes:
+  action:
+    description: Indicates this has a corresponding action plugin so some parts of the options can be executed on the controller.
+    support: full
+    details:
+      - On the controller (connection C(local), or C(delegate_to) C(localhost)) the action
+        plugin runs the task in ansible-playbook's own process, without starting a module;
+        on any other connection the module runs on the host. Same options, same result.
+"""

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from .controller_task import TaskFailure
+
 STATUSES = (
     "running",  # started, not finished
     "aborting",  # abort_migration.yml asked the running job to stop
@@ -262,3 +264,52 @@ def table(rows: list[Mapping[str, Any]]) -> list[str]:
                       down))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return ["  ".join(c.ljust(widths[i]) for i, c in enumerate(line)).rstrip() for line in lines]
+
+
+# The migration_record task (the module and its action plugin run this).
+TASK_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "state_dir": {"type": "path", "required": True},
+    "action": {"type": "str", "choices": ["gather", "start", "update"], "default": "gather"},
+    "id": {"type": "int"},
+    "fields": {"type": "dict", "default": {}},
+    "placement": {"type": "dict", "default": {}},
+}
+TASK_OPTIONS: dict[str, list] = {"required_if": [("action", "update", ("id",))]}
+
+
+def record_task(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
+    """Read, start or update a ledger row and merge placement entries: the task's result
+    (changed, rows, table, placement, row; diff in diff mode), or TaskFailure."""
+    store = StateDir(params["state_dir"])
+    changed = False
+    result: dict[str, Any] = {}
+    diff: dict[str, dict] = {"before": {}, "after": {}}
+    try:
+        if params["action"] == "start":
+            result["row"] = store.start(params["fields"], check_mode=check_mode)
+            changed = True
+            diff["after"]["row"] = result["row"]
+        elif params["action"] == "update":
+            was, before, after = store.update(params["id"], params["fields"], check_mode=check_mode)
+            changed = changed or was
+            result["row"] = after
+            diff["before"]["row"], diff["after"]["row"] = before, after
+        elif params["id"] is not None:
+            result["row"] = store.row(params["id"])
+        placement = None
+        if params["placement"]:
+            was, before, placement = store.merge_placement(
+                params["placement"], check_mode=check_mode
+            )
+            changed = changed or was
+            diff["before"]["placement"], diff["after"]["placement"] = before, placement
+        rows = store.rows()
+        # in check mode the merged placement was not written: report it as it would be
+        if not (check_mode and params["placement"]):
+            placement = store.placement()
+    except (LedgerError, OSError, ValueError) as exc:
+        raise TaskFailure(f"migration record in {store.path}: {exc}") from exc
+    result.update(changed=changed, rows=rows, table=table(rows), placement=placement)
+    if diff_mode:
+        result["diff"] = diff
+    return result

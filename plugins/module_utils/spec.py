@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from .controller_task import TaskFailure
 from .naming import (
     DHCP_LEG_INDEX_MAX,
     VNI_MAX,
@@ -51,12 +52,16 @@ __all__ = [
     "PROTOCOLS",
     "STATES",
     "STORAGES",
+    "TASK_ARGUMENT_SPEC",
+    "TASK_OPTIONS",
     "Problem",
     "SpecError",
     "allocate_vnis",
     "load_spec_text",
     "normalize",
     "parse_size_mib",
+    "spec_summary",
+    "spec_task",
     "validate",
 ]
 
@@ -1456,3 +1461,50 @@ def _normal_vm(tenant: str, network: str, vm: _Vm, dns_domain: str | None) -> di
         "adopted": vm.adopted,
         "fqdn": f"{vm.name}.{dns_domain}" if dns_domain else None,
     }
+
+
+# The tenant_spec task (the module and its action plugin run this): its parameters,
+# their constraints, and the task itself.
+TASK_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "path": {"type": "path"},
+    "content": {"type": "raw"},
+    "clouds": {"type": "list", "elements": "str"},
+}
+TASK_OPTIONS: dict[str, list] = {
+    "required_one_of": [("path", "content")],
+    "mutually_exclusive": [("path", "content")],
+}
+
+
+def spec_task(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate and normalise the spec of ``params``: the task's result, or TaskFailure
+    listing every problem (each on its own line, with its path)."""
+    path, content, clouds = (params.get(k) for k in ("path", "content", "clouds"))
+    source = path or "<content>"
+    problems: list[Problem]
+    try:
+        if path:
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    content = handle.read()
+            except OSError as exc:
+                raise TaskFailure(f"cannot read the spec file {path}: {exc.strerror}") from exc
+        data = load_spec_text(content, source) if isinstance(content, str) else content
+        problems = validate(data, clouds)
+    except SpecError as exc:
+        problems = list(exc.problems)
+    if problems:
+        lines = [str(p) for p in problems]
+        count = f"{len(lines)} problem{'s' if len(lines) > 1 else ''}"
+        lines.insert(0, f"the spec {source} has {count}; nothing was changed:")
+        raise TaskFailure("\n".join(lines))
+    normal = normalize(data, clouds)
+    return {"changed": False, "spec": normal, "problems": [], "summary": spec_summary(normal)}
+
+
+def spec_summary(normal: Mapping[str, Any]) -> dict[str, int]:
+    """How many tenants, networks and VMs a normalised spec keeps present."""
+    tenants = [t for t in normal["tenants"] if t["state"] == "present"]
+    networks = [n for t in tenants for n in t["networks"] if n["state"] == "present"]
+    vms = [v for n in networks for v in n["vms"] if v["state"] == "present"]
+    return {"tenants": len(tenants), "networks": len(networks), "vms": len(vms)}

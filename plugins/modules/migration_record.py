@@ -55,6 +55,7 @@ options:
     default: {}
 extends_documentation_fragment:
   - multicloud.migration._attributes
+  - multicloud.migration._attributes.CONTROLLER_ACTION
 notes:
   - O(action=start) always adds a row (not idempotent by design); updates and placement merges are.
   - "Runs on the controller (C(delegate_to: localhost))."
@@ -110,56 +111,25 @@ placement:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.multicloud.migration.plugins.module_utils.controller_task import (
+    TaskFailure,
+)
 from ansible_collections.multicloud.migration.plugins.module_utils.ledger import (
-    LedgerError,
-    StateDir,
-    table,
+    TASK_ARGUMENT_SPEC,
+    TASK_OPTIONS,
+    record_task,
 )
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "state_dir": {"type": "path", "required": True},
-            "action": {"type": "str", "choices": ["gather", "start", "update"],
-                       "default": "gather"},
-            "id": {"type": "int"},
-            "fields": {"type": "dict", "default": {}},
-            "placement": {"type": "dict", "default": {}},
-        },
-        required_if=[("action", "update", ("id",))],
-        supports_check_mode=True,
-    )  # fmt: skip
-    params = module.params
-    store = StateDir(params["state_dir"])
-    check = module.check_mode
-    changed = False
-    result: dict = {}
-    diff: dict = {"before": {}, "after": {}}
+    # The action plugin of the same name runs record_task in the controller's process when
+    # the task runs on the controller (connection local); this is the path for any other.
+    module = AnsibleModule(argument_spec=TASK_ARGUMENT_SPEC, supports_check_mode=True,
+                           **TASK_OPTIONS)  # fmt: skip
     try:
-        if params["action"] == "start":
-            result["row"] = store.start(params["fields"], check_mode=check)
-            changed = True
-            diff["after"]["row"] = result["row"]
-        elif params["action"] == "update":
-            was, before, after = store.update(params["id"], params["fields"], check_mode=check)
-            changed = changed or was
-            result["row"] = after
-            diff["before"]["row"], diff["after"]["row"] = before, after
-        elif params["id"] is not None:
-            result["row"] = store.row(params["id"])
-        if params["placement"]:
-            was, before, after = store.merge_placement(params["placement"], check_mode=check)
-            changed = changed or was
-            diff["before"]["placement"], diff["after"]["placement"] = before, after
-        rows = store.rows()
-        placement = store.placement() if not (check and params["placement"]) else after
-    except (LedgerError, OSError, ValueError) as exc:
-        module.fail_json(msg=f"migration record in {store.path}: {exc}")
-    result.update(changed=changed, rows=rows, table=table(rows), placement=placement)
-    if module._diff:
-        result["diff"] = diff
-    module.exit_json(**result)
+        module.exit_json(**record_task(module.params, module.check_mode, module._diff))
+    except TaskFailure as exc:
+        module.fail_json(msg=str(exc))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ options:
     elements: str
 extends_documentation_fragment:
   - multicloud.migration._attributes.INFO_MODULE
+  - multicloud.migration._attributes.CONTROLLER_ACTION
 notes:
   - Runs anywhere Python runs; it reads the file and touches nothing.
 """
@@ -83,55 +84,25 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.multicloud.migration.plugins.module_utils.controller_task import (
+    TaskFailure,
+)
 from ansible_collections.multicloud.migration.plugins.module_utils.spec import (
-    Problem,
-    SpecError,
-    load_spec_text,
-    normalize,
-    validate,
+    TASK_ARGUMENT_SPEC,
+    TASK_OPTIONS,
+    spec_task,
 )
 
 
-def _summary(normal: dict) -> dict:
-    tenants = [t for t in normal["tenants"] if t["state"] == "present"]
-    networks = [n for t in tenants for n in t["networks"] if n["state"] == "present"]
-    vms = [v for n in networks for v in n["vms"] if v["state"] == "present"]
-    return {"tenants": len(tenants), "networks": len(networks), "vms": len(vms)}
-
-
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "path": {"type": "path"},
-            "content": {"type": "raw"},
-            "clouds": {"type": "list", "elements": "str"},
-        },
-        required_one_of=[("path", "content")],
-        mutually_exclusive=[("path", "content")],
-        supports_check_mode=True,
-    )
-    path, content, clouds = (module.params[k] for k in ("path", "content", "clouds"))
-    source = path or "<content>"
-    problems: list[Problem]
+    # The action plugin of the same name runs spec_task in the controller's process when
+    # the task runs on the controller (connection local); this is the path for any other.
+    module = AnsibleModule(argument_spec=TASK_ARGUMENT_SPEC, supports_check_mode=True,
+                           **TASK_OPTIONS)  # fmt: skip
     try:
-        if path:
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    content = handle.read()
-            except OSError as exc:
-                module.fail_json(msg=f"cannot read the spec file {path}: {exc.strerror}")
-        data = load_spec_text(content, source) if isinstance(content, str) else content
-        problems = validate(data, clouds)
-    except SpecError as exc:
-        problems = list(exc.problems)
-    if problems:
-        lines = [str(p) for p in problems]
-        count = f"{len(lines)} problem{'s' if len(lines) > 1 else ''}"
-        module.fail_json(
-            msg=f"the spec {source} has {count}; nothing was changed:\n" + "\n".join(lines)
-        )
-    normal = normalize(data, clouds)
-    module.exit_json(changed=False, spec=normal, problems=[], summary=_summary(normal))
+        module.exit_json(**spec_task(module.params))
+    except TaskFailure as exc:
+        module.fail_json(msg=str(exc))
 
 
 if __name__ == "__main__":
