@@ -39,7 +39,8 @@ import errno
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeAlias
 
 try:
@@ -1292,6 +1293,9 @@ class Session:
         self._sockets: dict[str | None, Any] = {}
         self._ns_fds: dict[str, int] = {}
         self._nsids: dict[tuple[str | None, str | None], int | None] = {}
+        # parsed link dumps per namespace, until forget(): several steps of one module
+        # call (host_network) read the same links; every apply_* forgets them first
+        self._links: dict[str | None, list[dict[str, Any]]] = {}
 
     def __enter__(self) -> Session:
         return self
@@ -1299,7 +1303,23 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def link_records(self, namespace: str | None) -> list[dict[str, Any]]:
+        """The parsed links of a namespace (copies: read_links fills in masters and peers),
+        dumped once until forget()."""
+        if namespace not in self._links:
+            dump = self.ipr(namespace).get_links()
+            self._links[namespace] = [_parse_link(msg, namespace) for msg in dump]
+        return [
+            {**record, "vxlan": dict(record["vxlan"]) if record["vxlan"] else None}
+            for record in self._links[namespace]
+        ]
+
+    def forget(self) -> None:
+        """Drop the link dumps: the next read asks the kernel (called before any change)."""
+        self._links.clear()
+
     def close(self) -> None:
+        self._links.clear()
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
@@ -1381,6 +1401,16 @@ class Session:
         return self._nsids[key]
 
 
+@contextmanager
+def _opened(shared: Session | None) -> Iterator[Session]:
+    """The shared session (left open: its owner closes it), or a new one for this step."""
+    if shared is not None:
+        yield shared
+        return
+    with Session() as session:
+        yield session
+
+
 def read_netns(session: Session, names: Iterable[str] | None = None) -> dict[str, dict]:
     """Existing namespaces (all, or those of ``names`` that exist) with their forwarding."""
     existing = session.namespaces()
@@ -1434,12 +1464,7 @@ def read_links(
     for namespace in dict.fromkeys(namespaces):
         if not session.exists(namespace):
             continue
-        by_index[namespace] = {
-            record["_index"]: record
-            for record in (
-                _parse_link(msg, namespace) for msg in session.ipr(namespace).get_links()
-            )
-        }
+        by_index[namespace] = {r["_index"]: r for r in session.link_records(namespace)}
     for records in by_index.values():
         for record in records.values():
             master = records.get(record["_master"]) if record["_master"] else None
@@ -1608,6 +1633,8 @@ def _apply_each(
 
 
 def apply_netns(session: Session, changes: list[Change]) -> None:
+    session.forget()  # the links change: no read after this may use the dump
+
     def one(change: Change) -> None:
         name = change["name"]
         if change["action"] == "delete":
@@ -1630,6 +1657,7 @@ def apply_links(
     want: list[dict[str, Any]],
     have: Mapping[Key, Mapping[str, Any]],
 ) -> None:
+    session.forget()  # the links change: no read after this may use the dump
     by_key = {_link_key(w): w for w in want}
     gone = {(c["namespace"], c["name"]) for c in changes if c["action"] in ("delete", "recreate")}
 
@@ -1792,6 +1820,8 @@ def _index_of(links: Mapping[Key, Mapping[str, Any]], key: Key, session: Session
 def apply_addresses(
     session: Session, changes: list[Change], links: Mapping[Key, Mapping[str, Any]]
 ) -> None:
+    session.forget()  # the links change: no read after this may use the dump
+
     def one(change: Change) -> None:
         key = (change["namespace"], change["details"]["interface"])
         iface = ipaddress.IPv4Interface(change["name"])
@@ -1808,6 +1838,8 @@ def apply_addresses(
 def apply_routes(
     session: Session, changes: list[Change], links: Mapping[Key, Mapping[str, Any]]
 ) -> None:
+    session.forget()  # the links change: no read after this may use the dump
+
     def one(change: Change) -> None:
         namespace = change["namespace"]
         details = change["details"]
@@ -1844,6 +1876,8 @@ def apply_routes(
 def apply_fdb(
     session: Session, changes: list[Change], links: Mapping[Key, Mapping[str, Any]]
 ) -> None:
+    session.forget()  # the links change: no read after this may use the dump
+
     def one(change: Change) -> None:
         details = change["details"]
         key = (change["namespace"], details["device"])
@@ -1942,14 +1976,16 @@ def _missing_namespaces(missing: list[str], check_mode: bool, what: str) -> list
     ]
 
 
-def run_netns(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
+def run_netns(
+    params: Mapping[str, Any], check_mode: bool, diff_mode: bool, shared: Session | None = None
+) -> dict[str, Any]:
     state = params.get("state") or "merged"
     scope_namespaces = params.get("scope_namespaces") or []
     _check_state(state)
     _check_scope(None, scope_namespaces)
     want = normalize_netns(params.get("config"))
     gather_all = bool(params.get("all"))
-    with Session() as session:
+    with _opened(shared) as session:
         have = read_netns(session)
 
         def select(names: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -1971,14 +2007,16 @@ def run_netns(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> d
     )  # fmt: skip
 
 
-def run_link(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
+def run_link(
+    params: Mapping[str, Any], check_mode: bool, diff_mode: bool, shared: Session | None = None
+) -> dict[str, Any]:
     state = params.get("state") or "merged"
     scope = params.get("scope")
     _check_state(state)
     _check_scope(scope, params.get("scope_namespaces"))
     want = normalize_links(params.get("config"))
     gather_all = bool(params.get("all"))
-    with Session() as session:
+    with _opened(shared) as session:
         namespaces, missing = _namespaces_to_read(
             session, [w["namespace"] for w in want], state, not want, gather_all
         )
@@ -2024,14 +2062,16 @@ def _gather_grouped(
     return out
 
 
-def run_address(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
+def run_address(
+    params: Mapping[str, Any], check_mode: bool, diff_mode: bool, shared: Session | None = None
+) -> dict[str, Any]:
     state = params.get("state") or "merged"
     scope, scope_namespaces = params.get("scope"), params.get("scope_namespaces") or []
     _check_state(state)
     _check_scope(scope, scope_namespaces)
     want = normalize_addresses(params.get("config"))
     gather_all = bool(params.get("all"))
-    with Session() as session:
+    with _opened(shared) as session:
         namespaces, missing = _namespaces_to_read(
             session, [w["namespace"] for w in want], state, not want, gather_all
         )
@@ -2092,14 +2132,16 @@ def _gather_routes(
     ]
 
 
-def run_route(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
+def run_route(
+    params: Mapping[str, Any], check_mode: bool, diff_mode: bool, shared: Session | None = None
+) -> dict[str, Any]:
     state = params.get("state") or "merged"
     scope, scope_namespaces = params.get("scope"), params.get("scope_namespaces") or []
     _check_state(state)
     _check_scope(scope, scope_namespaces)
     want = normalize_routes(params.get("config"))
     gather_all = bool(params.get("all"))
-    with Session() as session:
+    with _opened(shared) as session:
         namespaces, missing = _namespaces_to_read(
             session, [w["namespace"] for w in want], state, not want, gather_all
         )
@@ -2137,14 +2179,16 @@ def run_route(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> d
     )  # fmt: skip
 
 
-def run_fdb(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict[str, Any]:
+def run_fdb(
+    params: Mapping[str, Any], check_mode: bool, diff_mode: bool, shared: Session | None = None
+) -> dict[str, Any]:
     state = params.get("state") or "merged"
     scope = params.get("scope")
     _check_state(state)
     _check_scope(scope, params.get("scope_namespaces"))
     want = normalize_fdb(params.get("config"))
     gather_all = bool(params.get("all"))
-    with Session() as session:
+    with _opened(shared) as session:
         namespaces, missing = _namespaces_to_read(
             session, [w["namespace"] for w in want], state, not want, gather_all
         )
@@ -2185,7 +2229,7 @@ def run_fdb(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dic
     )  # fmt: skip
 
 
-_RUNNERS: dict[str, Callable[[Mapping[str, Any], bool, bool], dict[str, Any]]] = {
+_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "netns": run_netns,
     "link": run_link,
     "address": run_address,
@@ -2194,15 +2238,62 @@ _RUNNERS: dict[str, Callable[[Mapping[str, Any], bool, bool], dict[str, Any]]] =
 }
 
 
-def run(resource: str, params: Mapping[str, Any], check_mode: bool, diff_mode: bool) -> dict:
+def run(
+    resource: str,
+    params: Mapping[str, Any],
+    check_mode: bool,
+    diff_mode: bool,
+    shared: Session | None = None,
+) -> dict:
     """Converge one resource (netns, link, address, route, fdb) as a module call does.
 
     Returns ``changed``, ``changes``, ``before``, ``after``, ``warnings`` and, in diff
     mode, ``diff``; raises NetlinkStateError with a message naming the object and cause.
+    With ``shared``, the step uses that session (its sockets and link dumps) and leaves it
+    open; otherwise it opens and closes its own.
     """
     if resource not in _RUNNERS:
         raise NetlinkStateError(f"unknown resource {resource!r}")
-    return _RUNNERS[resource](params, check_mode, diff_mode)
+    return _RUNNERS[resource](params, check_mode, diff_mode, shared)
+
+
+class SharedRuns:
+    """``run`` for the steps of one module call (host_network), sharing one session: one
+    socket per namespace, the links dumped once, while the steps change nothing.
+
+    After a step that changed something, or failed, the session is closed and the next
+    step opens a new one: a socket held in a namespace the netns step removed would keep
+    that namespace (and the veth legs the kernel removes with it) alive. Use as a context
+    manager; it closes the last session.
+    """
+
+    def __init__(self) -> None:
+        self._session: Session | None = None
+
+    def __enter__(self) -> SharedRuns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __call__(
+        self, resource: str, params: Mapping[str, Any], check_mode: bool, diff_mode: bool
+    ) -> dict:
+        if self._session is None:
+            self._session = Session()
+        try:
+            out = run(resource, params, check_mode, diff_mode, self._session)
+        except BaseException:
+            self.close()
+            raise
+        if out.get("changed"):
+            self.close()
+        return out
 
 
 def module_main(kind: str, item_spec: dict[str, Any], *, scoped: bool = True) -> None:

@@ -515,6 +515,7 @@ from ansible_collections.multicloud.migration.plugins.module_utils.host_network 
 from ansible_collections.multicloud.migration.plugins.module_utils.netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
+    SharedRuns,
 )
 
 # The config items of the resource modules (plugins/modules/<name>.py ITEM_SPEC or
@@ -689,13 +690,15 @@ def main() -> None:
         return module.run_command(argv, data=data)
 
     try:
-        result = converge_host(
-            plan,
-            SystemProcesses(dnsmasq=binary or "dnsmasq"),
-            check_mode=module.check_mode,
-            diff_mode=module._diff,
-            firewall=NftCommand(run, nft, ip=ip or "ip"),
-        )
+        with SharedRuns() as run_netlink:
+            result = converge_host(
+                plan,
+                SystemProcesses(dnsmasq=binary or "dnsmasq"),
+                check_mode=module.check_mode,
+                diff_mode=module._diff,
+                run_netlink=run_netlink,
+                firewall=NftCommand(run, nft, ip=ip or "ip"),
+            )
     except HostNetworkError as exc:
         message = str(exc)
         if exc.resource and not message.startswith(exc.resource):

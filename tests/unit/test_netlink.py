@@ -521,3 +521,110 @@ def test_entries_learned_behind_a_removed_remote_are_orphaned():
     removed = ["172.30.0.21", "172.30.1.12", "172.30.0.22"]
     assert nl.orphaned_fdb(iter(msgs), 7, removed) == [("52:54:00:aa:00:01", "172.30.0.21")]
     assert nl.orphaned_fdb(msgs, 7, []) == []
+
+
+# --- one session for the steps of a module call (host_network) ---------------------------
+
+
+class _LinkMsg(dict):
+    """A stand-in for pyroute2's ifinfmsg: a plain link (no linkinfo)."""
+
+    def __init__(self, index, name):
+        super().__init__(index=index, flags=1)  # IFF_UP
+        self.attrs = {"IFLA_IFNAME": name, "IFLA_MTU": 1500}
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+
+class _DumpCounter:
+    def __init__(self, msgs):
+        self.msgs, self.dumps = msgs, 0
+
+    def get_links(self):
+        self.dumps += 1
+        return list(self.msgs)
+
+
+def _bare_session(ipr):
+    session = object.__new__(nl.Session)  # no netlink socket, no namespace fd
+    session._links, session._sockets = {}, {ROOT: ipr}
+    return session
+
+
+def test_links_are_dumped_once_until_a_change_forgets_them():
+    ipr = _DumpCounter([_LinkMsg(1, "lo"), _LinkMsg(2, "br-a")])
+    session = _bare_session(ipr)
+    first = session.link_records(ROOT)
+    first[1]["master"] = "someone"  # read_links fills in masters: callers get copies
+    second = session.link_records(ROOT)
+    assert ipr.dumps == 1 and second[1]["master"] is None
+    assert [r["name"] for r in second] == ["lo", "br-a"]
+    session.forget()
+    ipr.msgs.append(_LinkMsg(3, "vx-a"))
+    assert [r["name"] for r in session.link_records(ROOT)] == ["lo", "br-a", "vx-a"]
+    assert ipr.dumps == 2
+
+
+def test_every_apply_forgets_the_link_dumps():
+    forgotten = []
+
+    class Forgetful:
+        def forget(self):
+            forgotten.append(True)
+
+    for apply in (nl.apply_netns, nl.apply_addresses, nl.apply_routes, nl.apply_fdb):
+        args = (Forgetful(), []) if apply is nl.apply_netns else (Forgetful(), [], {})
+        apply(*args)
+    nl.apply_links(Forgetful(), [], [], {})
+    assert len(forgotten) == 5
+
+
+class _Sessions:
+    """nl.Session and nl.run replaced: which session each step got, which were closed."""
+
+    def __init__(self, monkeypatch, changed=(), failing=()):
+        self.made, self.closed, self.used = [], [], []
+        sessions = self
+
+        class FakeSession:
+            def __init__(self):
+                sessions.made.append(self)
+
+            def close(self):
+                sessions.closed.append(self)
+
+        def fake_run(resource, params, check_mode, diff_mode, shared=None):
+            sessions.used.append((resource, shared))
+            if resource in failing:
+                raise nl.NetlinkStateError(f"{resource} failed")
+            return {"changed": resource in changed}
+
+        monkeypatch.setattr(nl, "Session", FakeSession)
+        monkeypatch.setattr(nl, "run", fake_run)
+
+
+def test_shared_runs_keep_one_session_while_nothing_changes(monkeypatch):
+    fake = _Sessions(monkeypatch)
+    with nl.SharedRuns() as runs:
+        for resource in ("netns", "link", "address", "route", "fdb"):
+            assert runs(resource, {}, False, False) == {"changed": False}
+    assert len(fake.made) == 1 and fake.closed == fake.made
+    assert {id(shared) for _, shared in fake.used} == {id(fake.made[0])}
+
+
+def test_shared_runs_start_afresh_after_a_change_or_a_failure(monkeypatch):
+    fake = _Sessions(monkeypatch, changed=("netns",), failing=("address",))
+    runs = nl.SharedRuns()
+    runs("netns", {}, False, False)  # changed: closed at once (removed namespaces go)
+    assert fake.closed == fake.made and len(fake.made) == 1
+    runs("link", {}, False, False)
+    with pytest.raises(nl.NetlinkStateError):
+        runs("address", {}, False, False)
+    assert len(fake.made) == 2 and fake.closed == fake.made  # the failure closed it
+    runs("route", {}, False, False)
+    runs.close()
+    runs.close()  # twice is harmless
+    assert len(fake.made) == 3 and fake.closed == fake.made
+    assert [shared for _, shared in fake.used] == [fake.made[0], fake.made[1], fake.made[1],
+                                                  fake.made[2]]  # fmt: skip
