@@ -792,6 +792,41 @@ def active_job(dom: Any) -> dict[str, Any] | None:
     return stats if stats.get("type", JOB_NONE) != JOB_NONE else None
 
 
+class JobSampler:
+    """jobStats of a domain's running job, read every ``interval`` s by a daemon thread;
+    ``take`` returns the newest reading not yet taken without waiting for libvirt."""
+
+    def __init__(self, dom: Any, interval: float, name: str) -> None:
+        self._dom = dom
+        self._interval = interval
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def take(self) -> dict[str, Any] | None:
+        with self._lock:
+            stats, self._latest = self._latest, None
+        return stats
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stats = active_job(self._dom)
+            except Exception:  # noqa: BLE001 - a reading lost; the job loop decides
+                stats = None
+            if stats is not None:
+                with self._lock:
+                    self._latest = stats
+            self._stop.wait(self._interval)
+
+
 def abort(conn: Any, domain_name: str) -> bool:
     """Abort the running job (a migration) of a domain; False when there was none."""
     dom = lookup_domain(conn, domain_name)
@@ -1486,10 +1521,13 @@ class Migration:
         """
         interval = max(self.opts.poll_interval, 0.01)
         deadline = started + self.opts.timeout
-        limit = int((self.opts.timeout + ABORT_GRACE) / interval) + 2
+        # Bounded in time, not in polls: no libvirt call is made in this loop's thread
+        # (jobStats can wait ~30 s for the domain's job lock while another call holds it,
+        # abortJob may not answer), so it reports by timeout + ABORT_GRACE whatever happens.
+        hard_deadline = deadline + ABORT_GRACE
         downtime_thread: threading.Thread | None = None
         timed_out = False
-        aborts, abort_next = 0, deadline
+        aborts, attempts, abort_next = 0, 0, deadline
         box: dict[str, Any] = {}
 
         def work() -> None:
@@ -1499,43 +1537,50 @@ class Migration:
                 box["error"] = exc
 
         worker = threading.Thread(target=work, name=f"migrate-{self.name}", daemon=True)
+        sampler = JobSampler(dom, interval, f"jobstats-{self.name}")
         worker.start()
-        for _attempt in range(limit):
-            worker.join(interval)
-            if not worker.is_alive():
-                break
-            stats = active_job(dom)
-            if stats is not None:
-                if downtime_thread is None:
-                    # Set again once the job runs, in a daemon thread: during a live-block
-                    # job (its NBD phase) migrateSetMaxDowntime blocks until the job ends
-                    # (libvirt 9.0, seen on the lab), which would stop the sampling. Quiet:
-                    # the set before the job already reported a failure (max_downtime_ms).
-                    downtime_thread = threading.Thread(
-                        target=self._set_downtime, args=(dom,), kwargs={"quiet": True},
-                        name=f"downtime-{self.name}", daemon=True,
-                    )  # fmt: skip
-                    downtime_thread.start()
-                sample = progress_sample(stats, time.monotonic() - started)
-                if sample is not None:
-                    self.samples.append(sample)
-                    if self.progress_cb is not None:
-                        self.progress_cb(sample)
-            now = time.monotonic()
-            if now > deadline and now >= abort_next:
-                # Sent again every ABORT_REPEAT s while the job lives: libvirt 9.0 accepts an
-                # abort during the NBD disk-mirror phase and then starts the memory phase
-                # anyway (seen on the lab), so one accepted abortJob is not enough.
-                timed_out = True
-                abort_next = now + ABORT_REPEAT
-                try:
-                    dom.abortJob()
-                    aborts += 1
-                except _lverr() as exc:
-                    if not aborts:
-                        self.warnings.append(f"{self.label}: abortJob failed (retrying): {exc}")
-                if aborts == ABORTS_BEFORE_KILL:
-                    self._kill_incoming()
+        sampler.start()
+        try:
+            while time.monotonic() < hard_deadline:
+                worker.join(interval)
+                if not worker.is_alive():
+                    break
+                stats = sampler.take()
+                if stats is not None:
+                    if downtime_thread is None:
+                        # Set again once the job runs, in a daemon thread: during a
+                        # live-block job (its NBD phase) migrateSetMaxDowntime blocks until
+                        # the job ends (libvirt 9.0, seen on the lab). Quiet: the set before
+                        # the job already reported a failure (max_downtime_ms).
+                        downtime_thread = threading.Thread(
+                            target=self._set_downtime, args=(dom,), kwargs={"quiet": True},
+                            name=f"downtime-{self.name}", daemon=True,
+                        )  # fmt: skip
+                        downtime_thread.start()
+                    sample = progress_sample(stats, time.monotonic() - started)
+                    if sample is not None:
+                        self.samples.append(sample)
+                        if self.progress_cb is not None:
+                            self.progress_cb(sample)
+                now = time.monotonic()
+                if now > deadline and now >= abort_next:
+                    # Sent again every ABORT_REPEAT s while the job lives: libvirt 9.0
+                    # accepts an abort during the NBD disk-mirror phase and then starts the
+                    # memory phase anyway (seen on the lab), so one accepted abortJob is not
+                    # enough. Each call is bounded: a stalled one is left behind.
+                    timed_out = True
+                    abort_next = now + ABORT_REPEAT
+                    attempts += 1
+                    done, error = _bounded(dom.abortJob, PROBE_TIMEOUT, f"abort-{self.name}")
+                    if done and error is None:
+                        aborts += 1
+                    elif not aborts and attempts == 1:
+                        self.warnings.append(f"{self.label}: abortJob failed (retrying): "
+                                             f"{error or 'no answer'}")  # fmt: skip
+                    if attempts == ABORTS_BEFORE_KILL:
+                        self._kill_incoming()
+        finally:
+            sampler.stop()
         if worker.is_alive():
             return MigrationError(
                 f"{self.label}: the migration job did not end within "

@@ -130,7 +130,7 @@ def start_migration(env, vm: str, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
-def finish(proc: subprocess.Popen, timeout: float = 420) -> tuple[int, dict, str]:
+def finish(proc: subprocess.Popen, timeout: float = 540) -> tuple[int, dict, str]:
     """Wait (bounded) for a playbook started by start_migration: rc, JSON, stderr."""
     try:
         out, err = proc.communicate(timeout=timeout)

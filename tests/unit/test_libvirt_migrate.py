@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from types import SimpleNamespace
 
@@ -420,6 +421,37 @@ def test_job_past_the_timeout_is_aborted(fake_libvirt):
     error = job(timeout=0.3)._run_job(dom, {}, 0, started)
     assert dom.aborted and time.monotonic() - started < 5
     assert "timeout of 0.3 s" in str(error) and "aborted" in str(error)
+
+
+def test_stalled_libvirt_calls_cannot_stretch_the_job_loop(fake_libvirt, monkeypatch):
+    """jobStats that waits for a lock and an abortJob that never answers (a hung peer): the
+    loop still reports by timeout + ABORT_GRACE, with the job left behind as an error."""
+    monkeypatch.setattr(lm, "ABORT_GRACE", 0.6)
+    monkeypatch.setattr(lm, "PROBE_TIMEOUT", 0.1)
+    monkeypatch.setattr(lm, "ABORT_REPEAT", 0.1)
+    release = threading.Event()
+
+    class Stalled(FakeDomain):
+        def jobStats(self, flags=0):
+            release.wait(30)
+            return super().jobStats(flags)
+
+        def abortJob(self):
+            release.wait(30)
+
+    migration = job(timeout=0.3)
+    monkeypatch.setattr(migration, "_kill_incoming", lambda: migration.warnings.append("kill"))
+    started = time.monotonic()
+    try:
+        error = migration._run_job(Stalled(30), {}, 0, started)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert 0.9 <= took < 2.5, took
+    assert "did not end within" in str(error)
+    assert migration.samples == []  # no reading ever came back
+    assert "kill" in migration.warnings  # after ABORTS_BEFORE_KILL unanswered aborts
+    assert any("abortJob failed (retrying): no answer" in w for w in migration.warnings)
 
 
 def test_abort(fake_libvirt):
