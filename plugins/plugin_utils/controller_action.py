@@ -41,7 +41,7 @@ class ControllerAction(ActionBase):
             result.update(self._execute_module(task_vars=task_vars))
             return result
         try:
-            _, params = self.validate_argument_spec(self.ARGUMENT_SPEC, **self.OPTIONS)
+            params = self.validate_argument_spec(self.ARGUMENT_SPEC, **self.OPTIONS)[1]
         except AnsibleActionFail as exc:
             return {**result, "failed": True, "msg": exc.message}
         # What the module would get: the arguments through JSON (plain str, int, dict and

@@ -190,7 +190,8 @@ class TestMigrationRecordActionMatchesTheModule:
             assert done["changed"] and done["placement"]["vms"] == {"acme/w1": "mcm-b1"}
             assert done["rows"][0]["status"] == "completed" and done["rows"][0]["ended"]
             assert again["changed"] is False
-        (h_started, *_, h_done, _), (t_started, *_, t_done, _) = results
+        here, there = results
+        h_started, h_done, t_started, t_done = here[0], here[3], there[0], there[3]
         assert h_started["row"]["id"] == t_started["row"]["id"] == 1
         assert h_done["table"][0] == t_done["table"][0]  # the header; rows carry times
         assert len(h_done["table"]) == len(t_done["table"])

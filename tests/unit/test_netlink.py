@@ -610,7 +610,7 @@ def test_shared_runs_keep_one_session_while_nothing_changes(monkeypatch):
         for resource in ("netns", "link", "address", "route", "fdb"):
             assert runs(resource, {}, False, False) == {"changed": False}
     assert len(fake.made) == 1 and fake.closed == fake.made
-    assert {id(shared) for _, shared in fake.used} == {id(fake.made[0])}
+    assert {id(used[1]) for used in fake.used} == {id(fake.made[0])}
 
 
 def test_shared_runs_start_afresh_after_a_change_or_a_failure(monkeypatch):
@@ -626,5 +626,5 @@ def test_shared_runs_start_afresh_after_a_change_or_a_failure(monkeypatch):
     runs.close()
     runs.close()  # twice is harmless
     assert len(fake.made) == 3 and fake.closed == fake.made
-    assert [shared for _, shared in fake.used] == [fake.made[0], fake.made[1], fake.made[1],
-                                                  fake.made[2]]  # fmt: skip
+    made = fake.made
+    assert [used[1] for used in fake.used] == [made[0], made[1], made[1], made[2]]
