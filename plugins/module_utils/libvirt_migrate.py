@@ -792,6 +792,41 @@ def active_job(dom: Any) -> dict[str, Any] | None:
     return stats if stats.get("type", JOB_NONE) != JOB_NONE else None
 
 
+def checksum_record(
+    disk: Mapping[str, Any],
+    dest: str,
+    fmt: str,
+    content: str,
+    sent: Mapping[str, Any],
+    *,
+    destination: str,
+    total_bytes: int,
+    started: float,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """One entry of a cold migration's ``checksum`` list: a disk sent (``sent``, from
+    stream_volume) to ``dest`` in format ``fmt``, the checksum of its ``content`` (V(file):
+    the image file; V(guest): the raw bytes the guest sees) on both sides. ``source``
+    defaults to the checksum of what was sent."""
+    source = sent["checksum"] if source is None else source
+    return {
+        "path": disk["path"],
+        "destination_path": dest,
+        "source_format": disk["format"],
+        "destination_format": fmt,
+        "content": content,
+        "algorithm": CHECKSUM_ALGORITHM,
+        "source": source,
+        "destination": destination,
+        "match": source == destination,
+        "bytes": total_bytes,
+        "data_bytes": sent["data_bytes"],
+        "hole_bytes": sent["hole_bytes"],
+        "sparse": sent["sparse"],
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
 class JobSampler:
     """jobStats of a domain's running job, read every ``interval`` s by a daemon thread;
     ``take`` returns the newest reading not yet taken without waiting for libvirt."""
@@ -1771,22 +1806,10 @@ class Migration:
         check = stream_volume(
             self.dst, dst_vol, None, None, total=total, deadline=started + self.opts.timeout
         )
-        result = {
-            "path": disk["path"],
-            "destination_path": dest,
-            "source_format": disk["format"],
-            "destination_format": disk["format"],
-            "content": "file",
-            "algorithm": CHECKSUM_ALGORITHM,
-            "source": sent["checksum"],
-            "destination": check["checksum"],
-            "match": sent["checksum"] == check["checksum"],
-            "bytes": sent["bytes"],
-            "data_bytes": sent["data_bytes"],
-            "hole_bytes": sent["hole_bytes"],
-            "sparse": sent["sparse"],
-            "seconds": round(time.monotonic() - started, 2),
-        }
+        result = checksum_record(
+            disk, dest, disk["format"], "file", sent,
+            destination=check["checksum"], total_bytes=sent["bytes"], started=started,
+        )  # fmt: skip
         if not result["match"]:
             raise MigrationError(
                 f"{self.label}: checksum of {disk['path']} differs on the destination "
@@ -1820,22 +1843,10 @@ class Migration:
         capacity = int(disk["capacity_bytes"] or dst_vol.info()[1])
         guest_dst = self._guest_view_checksum(dst_vol, fmt, capacity, deadline)
         source = guest_src["checksum"] if guest_src else sent["checksum"]
-        result = {
-            "path": disk["path"],
-            "destination_path": dest,
-            "source_format": src_fmt,
-            "destination_format": fmt,
-            "content": "guest",
-            "algorithm": CHECKSUM_ALGORITHM,
-            "source": source,
-            "destination": guest_dst["checksum"],
-            "match": source == guest_dst["checksum"],
-            "bytes": guest_dst["bytes"],
-            "data_bytes": sent["data_bytes"],
-            "hole_bytes": sent["hole_bytes"],
-            "sparse": sent["sparse"],
-            "seconds": round(time.monotonic() - started, 2),
-        }
+        result = checksum_record(
+            disk, dest, fmt, "guest", sent, source=source,
+            destination=guest_dst["checksum"], total_bytes=guest_dst["bytes"], started=started,
+        )  # fmt: skip
         if not result["match"]:
             raise MigrationError(
                 f"{self.label}: the guest-visible content of {disk['path']} ({src_fmt}) and of "

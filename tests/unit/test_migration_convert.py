@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import pytest
+from test_migration_cleanup import FakeError
 
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_migrate as lm
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm as lv
@@ -210,15 +211,6 @@ class Dst:
         return object()
 
 
-class FakeError(Exception):
-    def __init__(self, msg: str = "", code: int = 1) -> None:
-        super().__init__(msg)
-        self.code = code
-
-    def get_error_code(self) -> int:
-        return self.code
-
-
 def job(monkeypatch, dst: Dst, check_mode: bool = False, **opts: object) -> lm.Migration:
     space = SimpleNamespace(libvirtError=FakeError, VIR_ERR_NO_INTERFACE=57)
     monkeypatch.setattr(lm, "libvirt", space)
@@ -322,3 +314,20 @@ def test_the_vm_modules_own_volume_is_named_after_its_format():
     with pytest.raises(lv.VmError, match="must be one of qcow2, raw, vmdk, vhdx"):
         lv.normalize_vm({"name": "a", "bridge": "b", "mac": "52:54:00:00:00:01",
                          "disk_format": "qed"})  # fmt: skip
+
+
+def test_the_checksum_record_of_a_copy_and_of_a_conversion():
+    disk = {"path": "/var/lib/mcm/vms/vm1.qcow2", "format": "qcow2"}
+    sent = {"checksum": "aa", "bytes": 4096, "data_bytes": 1024, "hole_bytes": 3072,
+            "sparse": True}  # fmt: skip
+    copy = lm.checksum_record(disk, disk["path"], "qcow2", "file", sent, destination="aa",
+                              total_bytes=4096, started=0.0)  # fmt: skip
+    assert copy["source"] == "aa" and copy["match"] and copy["content"] == "file"
+    assert copy["source_format"] == copy["destination_format"] == "qcow2"
+    assert (copy["bytes"], copy["data_bytes"], copy["hole_bytes"]) == (4096, 1024, 3072)
+    assert copy["algorithm"] == lm.CHECKSUM_ALGORITHM and copy["seconds"] > 0
+    raw = lm.checksum_record(disk, "/pool/vm1.raw", "raw", "guest", sent, source="bb",
+                             destination="cc", total_bytes=8192, started=0.0)  # fmt: skip
+    assert raw["source"] == "bb" and not raw["match"] and raw["content"] == "guest"
+    assert (raw["source_format"], raw["destination_format"]) == ("qcow2", "raw")
+    assert raw["destination_path"] == "/pool/vm1.raw" and raw["bytes"] == 8192

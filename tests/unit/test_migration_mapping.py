@@ -5,24 +5,14 @@ placement record keeps (``layout``) and how the hosts' plans and create_infra se
 from __future__ import annotations
 
 import copy
-import importlib
 
 import plan
 import pytest
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from test_docs import role_options
+from test_migration_plan import RUNNING, PlanError, mp
 from test_plan import example, hosts, net
 
-mp = importlib.import_module(
-    "ansible_collections.multicloud.migration.plugins.module_utils.migration_plan"
-)
-PlanError = mp.PlanError
-
-RUNNING = {
-    "mcm-a1": [{"name": "acme-web1", "state": "running"}, {"name": "acme-db1", "state": "running"}],
-    "mcm-a2": [{"name": "acme-web2", "state": "running"}],
-    "mcm-b1": [{"name": "globex-app1", "state": "running"}],
-}
 TO_DB = {"acme/web": "acme/db"}
 FAST = {"mcm": {"pool": "mcm-fast", "path": "/var/lib/mcm/fast"}}
 
