@@ -78,6 +78,16 @@ def wait_for(what: str, check, timeout: float = 30, step: float = 0.5):
 # --- setup_ovs ------------------------------------------------------------------------
 
 
+def stop_process(host, pid: str | int, tries: int) -> None:
+    """SIGTERM, up to ``tries`` quarter-seconds for the process to go, then SIGKILL."""
+    host.run(f"kill {pid}")
+    for _attempt in range(tries):
+        if host.run(f"kill -0 {pid}").rc != 0:
+            break
+        time.sleep(0.25)
+    host.run(f"kill -9 {pid}")
+
+
 def ovs_snapshot(host) -> dict:
     """What existed before the tests: running daemons and the database file."""
     pids = {}
@@ -103,12 +113,7 @@ def ovs_cleanup(host, before: dict) -> None:
             continue
         pid = host.run(f"cat {RUN}/{daemon}.pid").stdout.strip()
         if pid.isdigit():
-            host.run(f"kill {pid}")
-            for _attempt in range(20):
-                if host.run(f"kill -0 {pid}").rc != 0:
-                    break
-                time.sleep(0.25)
-            host.run(f"kill -9 {pid}")
+            stop_process(host, pid, tries=20)
         host.run(f"rm -f {RUN}/{daemon}.pid {RUN}/{daemon}.*.ctl /var/log/openvswitch/{daemon}.log")
     if not before["pids"]:
         host.run(f"rm -f {RUN}/db.sock")

@@ -22,7 +22,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_overlay_lab import ALL_HOSTS, IDS, PORT, fdb_dsts, overlay_cleanup, play, sh, wait_for
+from test_overlay_lab import (
+    ALL_HOSTS,
+    IDS,
+    PORT,
+    fdb_dsts,
+    overlay_cleanup,
+    play,
+    sh,
+    stop_process,
+    wait_for,
+)
 from testinfra.host import Host
 
 pytestmark = pytest.mark.lab
@@ -63,12 +73,7 @@ def tincd_pids(host: Host) -> list[str]:
 
 def tinc_cleanup(host: Host) -> None:
     for pid in tincd_pids(host):
-        host.run(f"kill {pid}")
-        for _attempt in range(40):
-            if host.run(f"test -d /proc/{pid}").rc != 0:
-                break
-            time.sleep(0.25)
-        host.run(f"kill -9 {pid}")
+        stop_process(host, pid, tries=40)
     host.run(f"rm -rf {TINC_DIR} {PIDFILE} {LOGFILE} {CAPTURE}.*")
     host.run(f"ip link del {NET}")
 
