@@ -392,6 +392,18 @@ options:
                 description: The VM's subnet.
                 type: str
                 required: true
+  read_vms:
+    description:
+      - Also read the libvirt domains of the plan's tenants on this host after the plan is
+        applied, and return them in RV(vms) - what M(multicloud.migration.vm_info) returns
+        with O(multicloud.migration.vm_info#module:scope) set to O(plan.tenants), in the
+        same call (C(create_infra.yml) places the spec's VMs with it, one module start-up
+        fewer per host).
+      - A plan that names no tenant returns no domain (vm_info with an empty scope would
+        list the domains of every tenant).
+      - Needs libvirt-python and a running libvirtd on the host.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - multicloud.migration._attributes
 notes:
@@ -493,6 +505,16 @@ leases:
     qdhcp-acme.web:
       - {expiry: 1767225600, mac: "52:54:00:12:34:56", ip: 10.10.1.10, hostname: web1,
          client_id: null}
+vms:
+  description:
+    - With O(read_vms), the libvirt domains of the plan's tenants on the host, each as
+      M(multicloud.migration.vm_info) returns it (name, state, memory, vCPUs, NICs, disks,
+      metadata, leases).
+  returned: when O(read_vms) is true
+  type: list
+  elements: dict
+  sample:
+    - {name: ex-acme-web1, state: running, metadata: {tenant: ex-acme, network: web, vm: web1}}
 resource:
   description: On failure, the step that failed.
   returned: failure
@@ -673,7 +695,10 @@ PLAN_SPEC = {
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"plan": {"type": "dict", "required": True, "options": PLAN_SPEC}},
+        argument_spec={
+            "plan": {"type": "dict", "required": True, "options": PLAN_SPEC},
+            "read_vms": {"type": "bool", "default": False},
+        },
         supports_check_mode=True,
     )
     if not HAS_PYROUTE2:
@@ -714,7 +739,29 @@ def main() -> None:
         module.fail_json(msg=f"host_network: {exc}", exception=traceback.format_exc())
     for warning in result.pop("warnings"):
         module.warn(warning)
+    if module.params["read_vms"]:
+        result["vms"] = _tenant_vms(module, plan["tenants"])
     module.exit_json(**result)
+
+
+def _tenant_vms(module: AnsibleModule, tenants: list[str]) -> list[dict]:
+    """vm_info's view of the tenants' domains (libvirt is imported only when asked for)."""
+    from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm
+
+    if not tenants:
+        return []
+    if not libvirt_vm.HAS_LIBVIRT:
+        module.fail_json(
+            msg=missing_required_lib("libvirt-python") + " (read_vms)",
+            exception=libvirt_vm.LIBVIRT_IMPORT_ERROR,
+        )
+    try:
+        return libvirt_vm.run_vm_info({"scope": tenants})["vms"]
+    except libvirt_vm.VmError as exc:
+        module.fail_json(
+            msg=f"read_vms: the network plan is applied, reading the VMs failed: {exc}"
+        )
+    return []
 
 
 if __name__ == "__main__":

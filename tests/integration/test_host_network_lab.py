@@ -75,6 +75,16 @@ def plan(host: str) -> dict:
     return out
 
 
+DOMAIN = f"{TENANT}-vm1"
+DOMAIN_XML = f"""<domain type='qemu'>
+  <name>{DOMAIN}</name>
+  <metadata><mcm:vm xmlns:mcm='https://multicloud.migration/xmlns/vm/1'
+    tenant='{TENANT}' network='web' vm='vm1'/></metadata>
+  <memory unit='MiB'>32</memory>
+  <os><type>hvm</type></os>
+</domain>"""
+
+
 def removal(host: str) -> dict:
     return {"host": host, **copy.deepcopy(SCOPES)}
 
@@ -129,6 +139,7 @@ def cleanup(tmp_path, hosts) -> None:
         for link in links(host):
             if link.endswith((f"-{VNI}", f"-{VNI + 1}")):
                 host.run(f"ip link del {link}")
+    hosts["mcm-a1"].run(f"virsh -q undefine {DOMAIN}; rm -f /tmp/{DOMAIN}.xml")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +193,35 @@ def test_second_run_changes_nothing_and_returns_no_state(lab):
         assert not result["changed"], result
         assert all(not r["changed"] and not r["changes"] for r in result["resources"].values())
         assert all("before" not in r for r in result["resources"].values())
+
+
+def test_read_vms_returns_what_vm_info_returns_in_the_same_call(lab):
+    """create_infra.yml places the VMs from host_network's read_vms (no vm_info task)."""
+    host = lab["hosts"]["mcm-a1"]
+    host.run(f"virsh -q undefine {DOMAIN}")
+    host.check_output(f"cat > /tmp/{DOMAIN}.xml <<'EOF'\n{DOMAIN_XML}\nEOF")
+    host.check_output(f"virsh -q define /tmp/{DOMAIN}.xml")
+    nothing = {**plan("mcm-a1"), **{k: [] for k in SCOPES}}
+    play = [{"hosts": "mcm-a1", "gather_facts": False,
+             "vars": {"plan": plan("mcm-a1"), "nothing": nothing},
+             "tasks": [
+                 {"multicloud.migration.host_network": {"plan": "{{ plan }}", "read_vms": True}},
+                 {"multicloud.migration.vm_info": {"scope": [TENANT]}},
+                 {"multicloud.migration.host_network": {"plan": "{{ nothing }}", "read_vms": True}},
+                 {"multicloud.migration.host_network": {"plan": "{{ plan }}"}},
+             ]}]  # fmt: skip
+    path = lab["tmp"] / "read_vms.yml"
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    proc, data = ansible_json(["ansible-playbook", str(path)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    with_vms, info, no_tenant, without = (t["hosts"]["mcm-a1"] for t in data["plays"][0]["tasks"])
+    assert not with_vms["changed"], with_vms
+    assert [v["name"] for v in with_vms["vms"]] == [DOMAIN]
+    assert with_vms["vms"][0]["metadata"]["tenant"] == TENANT
+    assert with_vms["vms"][0]["state"] == "shutoff"
+    assert with_vms["vms"] == info["vms"]
+    assert no_tenant["vms"] == []  # a plan without tenants lists no domain (not every one)
+    assert "vms" not in without
 
 
 def test_check_mode_reports_an_edit_with_a_diff_and_changes_nothing(lab):
