@@ -193,6 +193,10 @@ def test_second_run_changes_nothing_and_returns_no_state(lab):
         assert not result["changed"], result
         assert all(not r["changed"] and not r["changes"] for r in result["resources"].values())
         assert all("before" not in r for r in result["resources"].values())
+        # the invocation counts the plan's objects instead of echoing the plan
+        echoed = result["invocation"]["module_args"]["plan"]
+        assert echoed["tenants"] == [TENANT]
+        assert echoed["links"] == f"{len(plan(name)['links'])} items"
 
 
 def test_read_vms_returns_what_vm_info_returns_in_the_same_call(lab):
