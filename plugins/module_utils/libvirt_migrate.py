@@ -30,6 +30,7 @@ libvirt and is unit-tested; libvirt is imported lazily like in libvirt_vm.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -1798,14 +1799,12 @@ class Migration:
         except OSError:
             total = int(src_vol.info()[1])
         started = time.monotonic()
-        sent = stream_volume(
+        # the destination's copy is read back (and hashed) while the rest is still sent
+        sent, check = copy_and_read_back(
             self.src, src_vol, self.dst, dst_vol, total=total,
             deadline=started + self.opts.timeout, progress=self._cold_progress(started, total),
         )  # fmt: skip
         dst_vol = self._uploaded(dst_vol, dest)
-        check = stream_volume(
-            self.dst, dst_vol, None, None, total=total, deadline=started + self.opts.timeout
-        )
         result = checksum_record(
             disk, dest, disk["format"], "file", sent,
             destination=check["checksum"], total_bytes=sent["bytes"], started=started,
@@ -1957,6 +1956,102 @@ class Migration:
         return report
 
 
+class _Tally:
+    """What one side of a copy saw: the checksum of the content and its data and hole bytes."""
+
+    def __init__(self) -> None:
+        self.digest = BlockDigest()
+        self.data_bytes = 0
+        self.hole_bytes = 0
+
+    def result(self, sparse: bool) -> dict[str, Any]:
+        return {
+            "checksum": self.digest.hexdigest(),
+            "bytes": self.data_bytes + self.hole_bytes,
+            "data_bytes": self.data_bytes,
+            "hole_bytes": self.hole_bytes,
+            "sparse": sparse,
+        }
+
+
+def _sparse_flags(upload: bool) -> tuple[int, int, int, bool]:
+    """(download flag, upload flag, recv flag, sparse) for this libvirt."""
+    sparse_down = _flag("VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM")
+    sparse_up = _flag("VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM")
+    stop_at_hole = _flag("VIR_STREAM_RECV_STOP_AT_HOLE")
+    sparse = bool(sparse_down and stop_at_hole and (not upload or sparse_up))
+    return sparse_down, sparse_up, stop_at_hole, sparse
+
+
+def _stream_range(
+    src_conn: Any,
+    src_vol: Any,
+    dst_conn: Any | None,
+    dst_vol: Any | None,
+    *,
+    offset: int,
+    length: int,
+    expected: int,
+    tally: _Tally,
+    deadline: float,
+    progress: Callable[[int], None] | None = None,
+    setup: threading.Lock | None = None,
+) -> bool:
+    """Download ``length`` bytes of a volume from ``offset`` (length 0: to its end; sparse
+    when libvirt can) into ``tally``, uploading them to the same range of ``dst_vol`` when
+    given. Bounded by the deadline and by an iteration count derived from ``expected`` (the
+    bytes the range should hold). Returns whether the stream was sparse.
+
+    ``setup``, when given, is held while the streams are set up: libvirt refuses to set up
+    an upload while another stream of the same volume is being set up (``volume ... is
+    still in use``); once set up, the streams of a volume run side by side."""
+    sparse_down, sparse_up, stop_at_hole, sparse = _sparse_flags(dst_vol is not None)
+    down = src_conn.newStream(0)
+    up = dst_conn.newStream(0) if dst_vol is not None else None
+    done = 0
+    try:
+        with setup if setup is not None else contextlib.nullcontext():
+            src_vol.download(down, offset, length, sparse_down if sparse else 0)
+            if up is not None:
+                dst_vol.upload(up, offset, length, sparse_up if sparse else 0)
+        limit = 2 * ((max(expected, 0) + 64 * MIB) // 4096 + 2)
+        for _attempt in range(limit):
+            if time.monotonic() > deadline:
+                raise MigrationError("volume copy exceeded the timeout", phase="copy")
+            got = down.recvFlags(CHUNK, stop_at_hole) if sparse else down.recv(CHUNK)
+            if isinstance(got, int):
+                if got != -3:
+                    raise MigrationError(f"unexpected stream status {got}", phase="copy")
+                hole = down.recvHole(0)
+                if up is not None:
+                    up.sendHole(hole, 0)
+                tally.digest.zeros(hole)
+                tally.hole_bytes += hole
+                done += hole
+            elif not got:
+                break
+            else:
+                if up is not None:
+                    _send_all(up, got)
+                tally.digest.update(got)
+                tally.data_bytes += len(got)
+                done += len(got)
+            if progress is not None:
+                progress(done)
+        else:
+            raise MigrationError(
+                f"volume stream did not end after {limit} reads (expected {expected} bytes)",
+                phase="copy",
+            )
+        down.finish()
+        if up is not None:
+            up.finish()
+    except (MigrationError, _lverr()):
+        _abort_streams(down, up)
+        raise
+    return sparse
+
+
 def stream_volume(
     src_conn: Any,
     src_vol: Any,
@@ -1973,58 +2068,104 @@ def stream_volume(
     content with holes read as zeros. Bounded by the deadline and by an iteration count
     derived from ``total``.
     """
-    sparse_down = _flag("VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM")
-    sparse_up = _flag("VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM")
-    stop_at_hole = _flag("VIR_STREAM_RECV_STOP_AT_HOLE")
-    sparse = bool(sparse_down and stop_at_hole and (dst_vol is None or sparse_up))
-    down = src_conn.newStream(0)
-    up = dst_conn.newStream(0) if dst_vol is not None else None
-    digest = BlockDigest()
-    data_bytes = hole_bytes = 0
+    tally = _Tally()
+    sparse = _stream_range(
+        src_conn, src_vol, dst_conn, dst_vol, offset=0, length=0, expected=total,
+        tally=tally, deadline=deadline, progress=progress,
+    )  # fmt: skip
+    return tally.result(sparse)
+
+
+# the unit of a copy whose destination is read back alongside (copy_and_read_back)
+SEGMENT = 256 * MIB
+
+
+def copy_and_read_back(
+    src_conn: Any,
+    src_vol: Any,
+    dst_conn: Any,
+    dst_vol: Any,
+    *,
+    total: int,
+    deadline: float,
+    progress: Callable[[int], None] | None = None,
+    segment: int = SEGMENT,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copy a volume to the destination and read the destination's copy back, hashed.
+
+    Returns what ``stream_volume`` returns for the copy (the checksum of what was sent) and
+    for the destination's copy read back. The volume moves in segments of ``segment``
+    bytes (the last one to the volume's end); a second thread reads each segment back from
+    the destination while the next one is sent, so both directions of the link work at
+    once (a read-back after the whole copy doubles its time over a WAN). Without sparse
+    streams, or for a volume of one segment, it is the copy, then the read-back.
+    """
+    if total <= segment or not _sparse_flags(True)[3]:
+        sent = stream_volume(src_conn, src_vol, dst_conn, dst_vol, total=total,
+                             deadline=deadline, progress=progress)  # fmt: skip
+        check = stream_volume(dst_conn, dst_vol, None, None, total=total, deadline=deadline)
+        return sent, check
+    segments = [(o, min(segment, total - o)) for o in range(0, total, segment)]
+    sent, check = _Tally(), _Tally()
+    queue: list[tuple[int, int, int] | None] = []
+    ready = threading.Condition()
+    stop = threading.Event()
+    setup = threading.Lock()  # the two threads' stream set-ups on the destination volume
+    failures: list[BaseException] = []
+
+    def read_back() -> None:
+        for _segment in range(len(segments) + 1):
+            with ready:
+                ready.wait_for(lambda: bool(queue), timeout=max(deadline - time.monotonic(), 0))
+                if not queue:  # the deadline passed: the caller sees the bytes missing
+                    return
+                item = queue.pop(0)
+            if item is None or stop.is_set():
+                return
+            offset, length, expected = item
+            try:
+                _stream_range(dst_conn, dst_vol, None, None, offset=offset, length=length,
+                              expected=expected, tally=check, deadline=deadline,
+                              setup=setup)  # fmt: skip
+            except (MigrationError, _lverr()) as exc:
+                failures.append(exc)
+                return
+
+    def post(item: tuple[int, int, int] | None) -> None:
+        with ready:
+            queue.append(item)
+            ready.notify()
+
+    reader = threading.Thread(target=read_back, name="mcm-read-back", daemon=True)
+    reader.start()
+    copied = False
     try:
-        src_vol.download(down, 0, 0, sparse_down if sparse else 0)
-        if up is not None:
-            dst_vol.upload(up, 0, 0, sparse_up if sparse else 0)
-        limit = 2 * ((max(total, 0) + 64 * MIB) // 4096 + 2)
-        for _attempt in range(limit):
-            if time.monotonic() > deadline:
-                raise MigrationError("volume copy exceeded the timeout", phase="copy")
-            got = down.recvFlags(CHUNK, stop_at_hole) if sparse else down.recv(CHUNK)
-            if isinstance(got, int):
-                if got != -3:
-                    raise MigrationError(f"unexpected stream status {got}", phase="copy")
-                length = down.recvHole(0)
-                if up is not None:
-                    up.sendHole(length, 0)
-                digest.zeros(length)
-                hole_bytes += length
-            elif not got:
+        for number, (offset, expected) in enumerate(segments):
+            length = 0 if number == len(segments) - 1 else expected  # the last: to the end
+            _stream_range(
+                src_conn, src_vol, dst_conn, dst_vol, offset=offset, length=length,
+                expected=expected, tally=sent, deadline=deadline, setup=setup,
+                progress=None if progress is None else lambda n, o=offset: progress(o + n),
+            )  # fmt: skip
+            post((offset, length, expected))
+            if failures:
                 break
-            else:
-                if up is not None:
-                    _send_all(up, got)
-                digest.update(got)
-                data_bytes += len(got)
-            if progress is not None:
-                progress(data_bytes + hole_bytes)
-        else:
-            raise MigrationError(
-                f"volume stream did not end after {limit} reads (expected {total} bytes)",
-                phase="copy",
-            )
-        down.finish()
-        if up is not None:
-            up.finish()
-    except (MigrationError, _lverr()):
-        _abort_streams(down, up)
-        raise
-    return {
-        "checksum": digest.hexdigest(),
-        "bytes": data_bytes + hole_bytes,
-        "data_bytes": data_bytes,
-        "hole_bytes": hole_bytes,
-        "sparse": sparse,
-    }
+        copied = True
+    finally:
+        if not copied:  # the copy's error goes up; the reader stops after its segment
+            stop.set()
+            post(None)
+            reader.join(timeout=5)
+    post(None)
+    reader.join(timeout=max(deadline - time.monotonic(), 0) + 5)
+    if failures:
+        raise failures[0]
+    if reader.is_alive() or check.data_bytes + check.hole_bytes < sent.data_bytes + sent.hole_bytes:
+        raise MigrationError(
+            "reading the destination's copy back did not finish within the timeout",
+            phase="verify",
+        )
+    return sent.result(True), check.result(True)
 
 
 def hash_file(path: str, deadline: float) -> dict[str, Any]:

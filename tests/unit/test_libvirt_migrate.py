@@ -573,6 +573,256 @@ def test_stream_volume_is_bounded(fake_libvirt):
                          deadline=time.monotonic() + 30)  # fmt: skip
 
 
+# --------------------------------------------------------------------------- copy with read-back
+
+
+class RangeStream:
+    """A stream of one range of a RangeVol: downloads yield its data and holes, uploads
+    write into it."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.pieces: list = []
+        self.vol = None
+        self.pos = 0
+        self.finished = self.aborted = False
+
+    def recvFlags(self, nbytes, flags):
+        if not self.pieces:
+            return b""
+        if isinstance(self.pieces[0], int):
+            return -3
+        return self.pieces.pop(0)
+
+    def recvHole(self, flags=0):
+        return self.pieces.pop(0)
+
+    def send(self, data):
+        self.conn.before_send(self)
+        self.vol.write(self.pos, data)
+        self.pos += len(data)
+        return len(data)
+
+    def sendHole(self, length, flags=0):
+        self.vol.write(self.pos, bytes(length))
+        self.pos += length
+        return 0
+
+    def finish(self):
+        self.finished = True
+        self.conn.finished(self)
+
+    def abort(self):
+        self.aborted = True
+
+
+class RangeConn:
+    def __init__(self):
+        self.streams: list[RangeStream] = []
+        self.log: list[tuple] = []
+
+    def newStream(self, flags):
+        self.streams.append(RangeStream(self))
+        return self.streams[-1]
+
+    def before_send(self, stream):
+        """A hook: tests make an upload fail or wait."""
+
+    def finished(self, stream):
+        self.log.append(("finished", stream.vol.name, stream.kind, stream.offset))
+
+
+class RangeVol:
+    """A volume held in memory; zero runs of a block or more are holes in downloads."""
+
+    def __init__(self, name, content=b""):
+        self.name = name
+        self.data = bytearray(content)
+        self.calls: list[tuple] = []
+
+    def write(self, pos, data):
+        if len(self.data) < pos + len(data):
+            self.data.extend(bytes(pos + len(data) - len(self.data)))
+        self.data[pos : pos + len(data)] = data
+
+    def download(self, stream, offset, length, flags):
+        end = len(self.data) if length == 0 else offset + length
+        self.calls.append(("download", offset, length))
+        stream.vol, stream.kind, stream.offset = self, "download", offset
+        stream.conn.log.append(("download", self.name, offset))
+        chunk = 4096
+        for start in range(offset, end, chunk):
+            piece = bytes(self.data[start : min(start + chunk, end)])
+            if piece.count(0) < len(piece):
+                stream.pieces.append(piece)
+            elif stream.pieces and isinstance(stream.pieces[-1], int):
+                stream.pieces[-1] += len(piece)  # a longer hole
+            else:
+                stream.pieces.append(len(piece))
+
+    def upload(self, stream, offset, length, flags):
+        self.calls.append(("upload", offset, length))
+        stream.vol, stream.kind, stream.offset, stream.pos = self, "upload", offset, offset
+
+
+def _disk(seed: int, size: int) -> bytes:
+    rnd = random.Random(seed)
+    content = bytearray(size)
+    for _extent in range(6):
+        at = rnd.randrange(0, size - 5000)
+        content[at : at + 5000] = rnd.randbytes(5000)
+    return bytes(content)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_copy_and_read_back_moves_segments_and_reads_each_back(fake_libvirt, seed):
+    size = 10 * 8192 + 123  # 11 segments of 8 KiB, the last a short one
+    content = _disk(seed, size)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    src_conn, dst_conn = RangeConn(), RangeConn()
+    done = []
+    sent, check = lm.copy_and_read_back(
+        src_conn, src, dst_conn, dst, total=size, deadline=time.monotonic() + 30,
+        progress=done.append, segment=8192,
+    )  # fmt: skip
+    assert bytes(dst.data) == content
+    assert sent["checksum"] == check["checksum"] == block_digest(content)
+    assert sent["bytes"] == check["bytes"] == size
+    assert sent["data_bytes"] + sent["hole_bytes"] == size and sent["sparse"] is True
+    # each segment uploaded at its offset (the last to the volume's end), and read back
+    uploads = [c for c in dst.calls if c[0] == "upload"]
+    assert uploads == [("upload", o, 8192) for o in range(0, 10 * 8192, 8192)] + [
+        ("upload", 10 * 8192, 0)
+    ]
+    assert sorted(c[1] for c in dst.calls if c[0] == "download") == [c[1] for c in uploads]
+    assert done == sorted(done) and done[-1] == size
+    assert all(s.finished and not s.aborted for s in src_conn.streams + dst_conn.streams)
+
+
+def test_copy_and_read_back_reads_back_while_the_copy_goes_on(fake_libvirt):
+    """The second segment's upload waits until the first one is being read back: without
+    the overlap the reader would never start and the upload gives up (no hang)."""
+    content = _disk(7, 4 * 8192)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    dst_conn = RangeConn()
+    reading = threading.Event()
+    overlapped = []
+
+    def before_send(stream):
+        if stream.offset == 8192 and not overlapped:
+            overlapped.append(reading.wait(timeout=5))
+
+    original = dst.download
+
+    def download(stream, offset, length, flags):
+        reading.set()
+        original(stream, offset, length, flags)
+
+    dst_conn.before_send = before_send
+    dst.download = download
+    sent, check = lm.copy_and_read_back(
+        RangeConn(), src, dst_conn, dst, total=len(content), deadline=time.monotonic() + 30,
+        segment=8192,
+    )  # fmt: skip
+    assert overlapped == [True]
+    assert sent["checksum"] == check["checksum"] == block_digest(content)
+
+
+def test_copy_and_read_back_never_sets_up_two_streams_of_the_volume_at_once(fake_libvirt):
+    """libvirt refuses an upload while another stream of the volume is being set up
+    ("volume ... is still in use"): the read-back's set-up and the next upload's take
+    turns. Here an upload after the first waits (0.3 s at most) for a read-back's set-up to
+    begin, and that set-up lasts until an upload looked: without the turns the upload
+    meets it and fails."""
+    content = _disk(9, 3 * 8192)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    setting_up = threading.Event()
+    checked = threading.Event()
+    original_download, original_upload = dst.download, dst.upload
+
+    def download(stream, offset, length, flags):
+        setting_up.set()
+        checked.wait(timeout=0.3)  # until an upload looked
+        original_download(stream, offset, length, flags)
+        setting_up.clear()
+
+    def upload(stream, offset, length, flags):
+        busy = offset > 0 and setting_up.wait(timeout=0.3)
+        checked.set()
+        if busy:
+            raise FakeLibvirtError(f"volume '{dst.name}' is still in use.")
+        original_upload(stream, offset, length, flags)
+
+    dst.download, dst.upload = download, upload
+    sent, check = lm.copy_and_read_back(
+        RangeConn(), src, RangeConn(), dst, total=len(content), deadline=time.monotonic() + 30,
+        segment=8192,
+    )  # fmt: skip
+    assert sent["checksum"] == check["checksum"] == block_digest(content)
+
+
+def test_copy_and_read_back_reports_a_changed_destination(fake_libvirt):
+    content = _disk(3, 3 * 8192)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    dst_conn = RangeConn()
+
+    def corrupt(stream):
+        if stream.offset == 8192:
+            stream.vol = RangeVol("elsewhere")  # the second segment lands somewhere else
+
+    dst_conn.before_send = corrupt
+    sent, check = lm.copy_and_read_back(
+        RangeConn(), src, dst_conn, dst, total=len(content), deadline=time.monotonic() + 30,
+        segment=8192,
+    )  # fmt: skip
+    assert sent["checksum"] == block_digest(content)
+    assert check["checksum"] != sent["checksum"]  # the caller refuses the copy
+
+
+def test_copy_and_read_back_stops_on_a_failed_upload(fake_libvirt):
+    content = _disk(5, 4 * 8192)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    dst_conn = RangeConn()
+
+    def full(stream):
+        if stream.offset == 2 * 8192:
+            raise FakeLibvirtError("No space left on device")
+
+    dst_conn.before_send = full
+    with pytest.raises(FakeLibvirtError, match="No space"):
+        lm.copy_and_read_back(RangeConn(), src, dst_conn, dst, total=len(content),
+                              deadline=time.monotonic() + 30, segment=8192)  # fmt: skip
+    failed = [s for s in dst_conn.streams if s.kind == "upload" and s.offset == 2 * 8192]
+    assert failed and failed[0].aborted
+    assert not [c for c in dst.calls if c[0] == "upload" and c[1] > 2 * 8192]
+    assert not [t for t in threading.enumerate() if t.name == "mcm-read-back"]
+
+
+def test_copy_and_read_back_raises_a_failed_read_back(fake_libvirt):
+    content = _disk(6, 4 * 8192)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    original = dst.download
+
+    def download(stream, offset, length, flags):
+        if offset == 8192:
+            raise FakeLibvirtError("connection reset by peer")
+        original(stream, offset, length, flags)
+
+    dst.download = download
+    with pytest.raises(FakeLibvirtError, match="connection reset"):
+        lm.copy_and_read_back(RangeConn(), src, RangeConn(), dst, total=len(content),
+                              deadline=time.monotonic() + 30, segment=8192)  # fmt: skip
+
+
+def test_copy_and_read_back_of_one_segment_is_copy_then_read_back(fake_libvirt):
+    content = _disk(8, 8192)
+    src, dst = RangeVol("src", content), RangeVol("dst")
+    sent, check = lm.copy_and_read_back(RangeConn(), src, RangeConn(), dst, total=len(content),
+                                        deadline=time.monotonic() + 30, segment=8192)  # fmt: skip
+    assert dst.calls == [("upload", 0, 0), ("download", 0, 0)]
+    assert sent["checksum"] == check["checksum"] == block_digest(content)
+
+
 # --------------------------------------------------------------------------- shared storage
 
 
