@@ -34,6 +34,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import queue
 import shutil
 import socket
 import subprocess
@@ -1964,10 +1965,22 @@ class _Tally:
         self.data_bytes = 0
         self.hole_bytes = 0
 
+    @property
+    def total(self) -> int:
+        return self.data_bytes + self.hole_bytes
+
+    def data(self, piece: bytes) -> None:
+        self.digest.update(piece)
+        self.data_bytes += len(piece)
+
+    def hole(self, length: int) -> None:
+        self.digest.zeros(length)
+        self.hole_bytes += length
+
     def result(self, sparse: bool) -> dict[str, Any]:
         return {
             "checksum": self.digest.hexdigest(),
-            "bytes": self.data_bytes + self.hole_bytes,
+            "bytes": self.total,
             "data_bytes": self.data_bytes,
             "hole_bytes": self.hole_bytes,
             "sparse": sparse,
@@ -2008,7 +2021,7 @@ def _stream_range(
     sparse_down, sparse_up, stop_at_hole, sparse = _sparse_flags(dst_vol is not None)
     down = src_conn.newStream(0)
     up = dst_conn.newStream(0) if dst_vol is not None else None
-    done = 0
+    before = tally.total
     try:
         with setup if setup is not None else contextlib.nullcontext():
             src_vol.download(down, offset, length, sparse_down if sparse else 0)
@@ -2025,19 +2038,15 @@ def _stream_range(
                 hole = down.recvHole(0)
                 if up is not None:
                     up.sendHole(hole, 0)
-                tally.digest.zeros(hole)
-                tally.hole_bytes += hole
-                done += hole
+                tally.hole(hole)
             elif not got:
                 break
             else:
                 if up is not None:
                     _send_all(up, got)
-                tally.digest.update(got)
-                tally.data_bytes += len(got)
-                done += len(got)
+                tally.data(got)
             if progress is not None:
-                progress(done)
+                progress(tally.total - before)
         else:
             raise MigrationError(
                 f"volume stream did not end after {limit} reads (expected {expected} bytes)",
@@ -2107,19 +2116,17 @@ def copy_and_read_back(
         return sent, check
     segments = [(o, min(segment, total - o)) for o in range(0, total, segment)]
     sent, check = _Tally(), _Tally()
-    queue: list[tuple[int, int, int] | None] = []
-    ready = threading.Condition()
+    work: queue.Queue[tuple[int, int, int] | None] = queue.Queue()
     stop = threading.Event()
     setup = threading.Lock()  # the two threads' stream set-ups on the destination volume
     failures: list[BaseException] = []
 
     def read_back() -> None:
         for _segment in range(len(segments) + 1):
-            with ready:
-                ready.wait_for(lambda: bool(queue), timeout=max(deadline - time.monotonic(), 0))
-                if not queue:  # the deadline passed: the caller sees the bytes missing
-                    return
-                item = queue.pop(0)
+            try:
+                item = work.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:  # the deadline passed: the caller sees the bytes missing
+                return
             if item is None or stop.is_set():
                 return
             offset, length, expected = item
@@ -2130,11 +2137,6 @@ def copy_and_read_back(
             except (MigrationError, _lverr()) as exc:
                 failures.append(exc)
                 return
-
-    def post(item: tuple[int, int, int] | None) -> None:
-        with ready:
-            queue.append(item)
-            ready.notify()
 
     reader = threading.Thread(target=read_back, name="mcm-read-back", daemon=True)
     reader.start()
@@ -2147,20 +2149,20 @@ def copy_and_read_back(
                 expected=expected, tally=sent, deadline=deadline, setup=setup,
                 progress=None if progress is None else lambda n, o=offset: progress(o + n),
             )  # fmt: skip
-            post((offset, length, expected))
+            work.put((offset, length, expected))
             if failures:
                 break
         copied = True
     finally:
         if not copied:  # the copy's error goes up; the reader stops after its segment
             stop.set()
-            post(None)
+            work.put(None)
             reader.join(timeout=5)
-    post(None)
+    work.put(None)
     reader.join(timeout=max(deadline - time.monotonic(), 0) + 5)
     if failures:
         raise failures[0]
-    if reader.is_alive() or check.data_bytes + check.hole_bytes < sent.data_bytes + sent.hole_bytes:
+    if reader.is_alive() or check.total < sent.total:
         raise MigrationError(
             "reading the destination's copy back did not finish within the timeout",
             phase="verify",
@@ -2170,19 +2172,15 @@ def copy_and_read_back(
 
 def hash_file(path: str, deadline: float) -> dict[str, Any]:
     """CHECKSUM_ALGORITHM of a local file's content (holes read as zeros, not read)."""
-    digest = BlockDigest()
-    data_bytes = hole_bytes = 0
+    tally = _Tally()
     for piece in file_segments(path):
         if time.monotonic() > deadline:
             raise MigrationError(f"hashing {path} exceeded the timeout", phase="convert")
         if isinstance(piece, int):
-            digest.zeros(piece)
-            hole_bytes += piece
+            tally.hole(piece)
         else:
-            digest.update(piece)
-            data_bytes += len(piece)
-    return {"checksum": digest.hexdigest(), "bytes": data_bytes + hole_bytes,
-            "data_bytes": data_bytes, "hole_bytes": hole_bytes, "sparse": True}  # fmt: skip
+            tally.data(piece)
+    return tally.result(True)
 
 
 def send_file(
@@ -2197,8 +2195,7 @@ def send_file(
     hashed on the way (CHECKSUM_ALGORITHM, as ``hash_file``)."""
     sparse_up = _flag("VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM")
     up = dst_conn.newStream(0)
-    digest = BlockDigest()
-    data_bytes = hole_bytes = 0
+    tally = _Tally()
     try:
         dst_vol.upload(up, 0, 0, sparse_up)
         for piece in file_segments(path):
@@ -2213,25 +2210,17 @@ def send_file(
                         _send_all(up, ZEROS)
                     if rest:
                         _send_all(up, ZEROS[:rest])
-                digest.zeros(piece)
-                hole_bytes += piece
+                tally.hole(piece)
             else:
                 _send_all(up, piece)
-                digest.update(piece)
-                data_bytes += len(piece)
+                tally.data(piece)
             if progress is not None:
-                progress(data_bytes + hole_bytes)
+                progress(tally.total)
         up.finish()
     except (MigrationError, OSError, _lverr()):
         _abort_streams(up)
         raise
-    return {
-        "checksum": digest.hexdigest(),
-        "bytes": data_bytes + hole_bytes,
-        "data_bytes": data_bytes,
-        "hole_bytes": hole_bytes,
-        "sparse": bool(sparse_up),
-    }
+    return tally.result(bool(sparse_up))
 
 
 def _abort_streams(*streams: Any) -> None:
