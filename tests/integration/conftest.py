@@ -152,6 +152,21 @@ def libvirt_cleanup(host: testinfra.host.Host, prefix: str) -> None:
     host_python(host, cleanup_script(prefix))
 
 
+# a lab host's TLS material for libvirt and qemu (setup_migration_tls.yml writes it)
+TLS_FILES = ("/etc/pki/CA/cacert.pem", "/etc/pki/qemu/client-key.pem",
+             "/etc/pki/qemu/server-key.pem", "/etc/pki/libvirt/servercert.pem")  # fmt: skip
+
+
+def migration_tls(hosts: dict, names: tuple[str, ...] = ("mcm-a1", "mcm-b1")) -> None:
+    """vm_migrate encrypts by default: the lab's CA and certificates, when not there yet
+    (playbooks/setup_migration_tls.yml; about 25 s even when it has nothing to do)."""
+    if all(hosts[h].file(f).exists for h in names for f in TLS_FILES):
+        return
+    playbook = ROOT / "playbooks" / "setup_migration_tls.yml"
+    proc = run([str(BIN / "ansible-playbook"), str(playbook)])
+    assert proc.returncode == 0, f"{playbook.name}: {proc.stdout[-3000:]}{proc.stderr[-2000:]}"
+
+
 def lab_bridge(host: testinfra.host.Host, name: str, mtu: int = 1450) -> None:
     """A fresh, empty Linux bridge on a lab host (any old one of that name is removed)."""
     host.run("ip link del %s", name)

@@ -2,7 +2,8 @@
 sparse raw disk of 600 MiB (3 segments of 256 MiB, data in each) from mcm-a1 to mcm-b1,
 reading each segment back from mcm-b1 while the next one is sent.
 
-The guest is never started: a shut-off domain of the vm module with that disk. Afterwards
+The guest is never started: a shut-off domain of the vm module, whose raw volume (made by
+the module, with the pool when the lab has none yet) then gets its data. Afterwards
 the destination's file must have the source's content (sha256 of the whole file, holes as
 zeros) and stay sparse, and the module's checksums must match. Everything named ``segc-``
 is removed from both hosts before and after, also when the test fails.
@@ -13,35 +14,32 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import IMAGES, ansible_json, host_python, lab_bridge, libvirt_cleanup
+from conftest import (
+    IMAGES,
+    ansible_json,
+    host_python,
+    lab_bridge,
+    libvirt_cleanup,
+    migration_tls,
+)
 
 pytestmark = pytest.mark.lab
 
 SRC, DST = "mcm-a1", "mcm-b1"
 WAN = {"mcm-b1": "172.30.0.21"}
 DOMAIN = "segc-c1"
-DISK = f"/var/lib/mcm/vms/{DOMAIN}.img"
+DISK = f"/var/lib/mcm/vms/{DOMAIN}.raw"  # the vm module's volume <name>.<disk_format>
 BRIDGE = "segc-br"
 SIZE_MIB = 600
 # 4 MiB of random data at each offset (MiB): the first, second and third segments
 EXTENTS = (0, 300, 590)
-FACTS = r"""
-import hashlib, json, os, sys
-path = sys.argv[1]
-digest = hashlib.sha256()
-with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-        digest.update(block)
-st = os.stat(path)
-print(json.dumps({"sha256": digest.hexdigest(), "size": st.st_size,
-                  "allocated": st.st_blocks * 512}))
-"""
 
 
 def facts(host, path: str) -> dict:
-    result = host.run("python3 -c %s %s", FACTS, path)
-    assert result.rc == 0, result.stderr
-    return yaml.safe_load(result.stdout)
+    """sha256 of the whole file (holes read as zeros), apparent size, allocated bytes."""
+    digest = host.check_output("sha256sum %s", path).split()[0]
+    size, blocks, unit = host.check_output("stat -c '%%s %%b %%B' %s", path).split()
+    return {"sha256": digest, "size": int(size), "allocated": int(blocks) * int(unit)}
 
 
 def cleanup(hosts) -> None:
@@ -52,19 +50,13 @@ def cleanup(hosts) -> None:
 
 @pytest.fixture
 def guest(hosts, tmp_path):
+    migration_tls(hosts, (SRC, DST))  # vm_migrate's default encryption
     cleanup(hosts)
     try:
-        src = hosts[SRC]
-        writes = " && ".join(
-            f"dd if=/dev/urandom of={DISK} bs=1M count=4 seek={at} conv=notrunc status=none"
-            for at in EXTENTS
-        )
-        assert src.run(f"truncate -s {SIZE_MIB}M {DISK} && {writes}").rc == 0
-        assert src.run("virsh -q pool-refresh mcm").rc == 0
         for name in (SRC, DST):
             lab_bridge(hosts[name], BRIDGE)
         vm = {"name": DOMAIN, "state": "shutoff", "memory_mib": 128, "vcpus": 1,
-              "bridge": BRIDGE, "disk": DISK, "disk_format": "raw",
+              "bridge": BRIDGE, "disk_mib": SIZE_MIB, "disk_format": "raw",
               "boot": {"kernel": f"{IMAGES}/vmlinuz", "initrd": f"{IMAGES}/initrd.img",
                        "cmdline": "console=ttyS0 panic=-1"},
               "metadata": {"tenant": "segc", "network": "net", "vm": "c1"}}  # fmt: skip
@@ -74,6 +66,11 @@ def guest(hosts, tmp_path):
         path.write_text(yaml.safe_dump(play, sort_keys=False))
         proc, _data = ansible_json(["ansible-playbook", str(path)])
         assert proc.returncode == 0, proc.stdout[-3000:]
+        writes = " && ".join(
+            f"dd if=/dev/urandom of={DISK} bs=1M count=4 seek={at} conv=notrunc status=none"
+            for at in EXTENTS
+        )
+        assert hosts[SRC].run(f"{writes} && virsh -q pool-refresh mcm").rc == 0
         yield tmp_path
     finally:
         cleanup(hosts)

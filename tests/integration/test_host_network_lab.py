@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 
-from conftest import ansible_json
+from conftest import ansible_json, host_python, libvirt_cleanup
 
 pytestmark = pytest.mark.lab
 
@@ -139,7 +139,7 @@ def cleanup(tmp_path, hosts) -> None:
         for link in links(host):
             if link.endswith((f"-{VNI}", f"-{VNI + 1}")):
                 host.run(f"ip link del {link}")
-    hosts["mcm-a1"].run(f"virsh -q undefine {DOMAIN}; rm -f /tmp/{DOMAIN}.xml")
+    libvirt_cleanup(hosts["mcm-a1"], f"{TENANT}-")
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +202,8 @@ def test_second_run_changes_nothing_and_returns_no_state(lab):
 def test_read_vms_returns_what_vm_info_returns_in_the_same_call(lab):
     """create_infra.yml places the VMs from host_network's read_vms (no vm_info task)."""
     host = lab["hosts"]["mcm-a1"]
-    host.run(f"virsh -q undefine {DOMAIN}")
-    host.check_output(f"cat > /tmp/{DOMAIN}.xml <<'EOF'\n{DOMAIN_XML}\nEOF")
-    host.check_output(f"virsh -q define /tmp/{DOMAIN}.xml")
+    libvirt_cleanup(host, f"{TENANT}-")
+    host_python(host, f"import libvirt; libvirt.open('qemu:///system').defineXML({DOMAIN_XML!r})")
     nothing = {**plan("mcm-a1"), **{k: [] for k in SCOPES}}
     play = [{"hosts": "mcm-a1", "gather_facts": False,
              "vars": {"plan": plan("mcm-a1"), "nothing": nothing},

@@ -40,7 +40,6 @@ from ansible.parsing.plugin_docs import read_docstring
 
 from ansible_collections.multicloud.migration.plugins.module_utils.naming import vm_mac
 from conftest import (
-    BIN,
     ROOT,
     ansible_json,
     console,
@@ -48,7 +47,7 @@ from conftest import (
     lab_guest,
     libvirt_cleanup,
     libvirt_probe,
-    run,
+    migration_tls,
 )
 
 pytestmark = pytest.mark.lab
@@ -241,18 +240,6 @@ def verify_vm_volume(results: dict[str, dict], hosts: dict) -> None:
 
 
 MIGRATE_SRC, MIGRATE_DST = "mcm-a1", "mcm-b1"
-TLS_FILES = ("/etc/pki/CA/cacert.pem", "/etc/pki/qemu/client-key.pem",
-             "/etc/pki/qemu/server-key.pem", "/etc/pki/libvirt/servercert.pem")  # fmt: skip
-
-
-def migration_tls(hosts: dict) -> None:
-    """vm_migrate encrypts by default: the lab's CA and certificates, when not there yet
-    (playbooks/setup_migration_tls.yml; about 25 s even when it has nothing to do)."""
-    if all(hosts[h].file(f).exists for h in (MIGRATE_SRC, MIGRATE_DST) for f in TLS_FILES):
-        return
-    playbook = ROOT / "playbooks" / "setup_migration_tls.yml"
-    proc = run([str(BIN / "ansible-playbook"), str(playbook)])
-    assert proc.returncode == 0, f"{playbook.name}: {proc.stdout[-3000:]}{proc.stderr[-2000:]}"
 
 
 # vm_migrate's cold example converts the disk into this pool of mcm-a1, made from the path
