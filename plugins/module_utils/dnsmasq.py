@@ -23,7 +23,8 @@ DNS is for the tenant only: ``no-resolv`` and no ``server=`` line, so dnsmasq ha
 upstream and never forwards a query; names of the network's domain are answered locally.
 
 Everything except ``SystemProcesses`` is pure Python (stdlib) and unit-testable;
-``SystemProcesses`` runs on the host and imports pyroute2 (0.7.2 or later) when used.
+``SystemProcesses`` runs on the host: it reads a namespace's links and addresses with
+``rtnl`` and enters a namespace to start dnsmasq with pyroute2 (0.7.2 or later).
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ansible_collections.multicloud.migration.plugins.module_utils import rtnl
 
 __all__ = [
     "ACTIONS",
@@ -571,23 +575,25 @@ class SystemProcesses:
 
     def check_network(self, instance: Mapping[str, Any]) -> None:
         name, namespace, interface = instance["name"], instance["namespace"], instance["interface"]
-        if not os.path.exists(os.path.join(self.netns_dir, namespace)):
+        path = os.path.join(self.netns_dir, namespace)
+        if not os.path.exists(path):
             raise DnsmasqError(name, f"network namespace {namespace!r} does not exist")
-        from pyroute2 import IPRoute, netns
-
-        netns.pushns(os.path.join(self.netns_dir, namespace))
+        # two small dumps over a plain netlink socket (rtnl): no pyroute2 on a no-op run
+        sock = rtnl.open_socket_in(path)
         try:
-            with IPRoute() as ipr:
-                indexes = ipr.link_lookup(ifname=interface)
-                if not indexes:
-                    raise DnsmasqError(
-                        name, f"interface {interface!r} does not exist in namespace {namespace!r}"
-                    )
-                addresses = {
-                    addr.get_attr("IFA_ADDRESS") for addr in ipr.get_addr(index=indexes[0])
-                }
+            indexes = [m["index"] for m in rtnl.dump(sock, "link", seq=1)
+                       if m.get_attr("IFLA_IFNAME") == interface]  # fmt: skip
+            if not indexes:
+                raise DnsmasqError(
+                    name, f"interface {interface!r} does not exist in namespace {namespace!r}"
+                )
+            addresses = {
+                m.get_attr("IFA_ADDRESS")
+                for m in rtnl.dump(sock, "addr", socket.AF_INET, seq=2)
+                if m["index"] == indexes[0]
+            }
         finally:
-            netns.popns()
+            sock.close()
         if instance["server"] not in addresses:
             raise DnsmasqError(
                 name,

@@ -43,6 +43,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeAlias
 
+from ansible_collections.multicloud.migration.plugins.module_utils import rtnl
+
 try:
     from pyroute2 import IPRoute
     from pyroute2 import netns as pr_netns
@@ -750,7 +752,7 @@ def link_from_want(want: Mapping[str, Any]) -> dict[str, Any]:
 def simulate_links(
     have: Mapping[Key, Mapping[str, Any]], changes: list[Change], want: list[dict[str, Any]]
 ) -> dict[Key, dict[str, Any]]:
-    after = {key: copy.deepcopy(dict(record)) for key, record in have.items()}
+    after = dict(have)  # records are copied before an update changes them
     by_key = {_link_key(w): w for w in want}
     for change in changes:
         key = (change["namespace"], change["name"])
@@ -766,6 +768,7 @@ def simulate_links(
                 pkey = (w["peer"]["namespace"], w["peer"]["name"])
                 after[pkey] = link_from_want(by_key[pkey])
         elif change["action"] == "update":
+            after[key] = copy.deepcopy(dict(after[key]))
             for attr, value in change["details"].items():
                 if attr.startswith("vxlan."):
                     after[key]["vxlan"][attr[6:]] = value["to"]
@@ -1296,6 +1299,10 @@ class Session:
         # parsed link dumps per namespace, until forget(): several steps of one module
         # call (host_network) read the same links; every apply_* forgets them first
         self._links: dict[str | None, list[dict[str, Any]]] = {}
+        # plain netlink sockets for the dumps the read_* functions decode (rtnl): pyroute2
+        # decoded every attribute of every message, most of a no-op run's reading time
+        self._dump_sockets: dict[str | None, Any] = {}
+        self._seq = 0
 
     def __enter__(self) -> Session:
         return self
@@ -1307,12 +1314,20 @@ class Session:
         """The parsed links of a namespace (copies: read_links fills in masters and peers),
         dumped once until forget()."""
         if namespace not in self._links:
-            dump = self.ipr(namespace).get_links()
+            dump = self.dump(namespace, "link")
             self._links[namespace] = [_parse_link(msg, namespace) for msg in dump]
         return [
             {**record, "vxlan": dict(record["vxlan"]) if record["vxlan"] else None}
             for record in self._links[namespace]
         ]
+
+    def dump(self, namespace: str | None, what: str, family: int = 0) -> list[rtnl.Message]:
+        """Every ``link``, ``addr``, ``route`` or ``neigh`` of a namespace (of one address
+        family; 0: all), decoded by rtnl: only the attributes the read_* functions use."""
+        if namespace not in self._dump_sockets:
+            self._dump_sockets[namespace] = self._inside(namespace, rtnl.open_socket)
+        self._seq += 1
+        return rtnl.dump(self._dump_sockets[namespace], what, family, self._seq)
 
     def forget(self) -> None:
         """Drop the link dumps: the next read asks the kernel (called before any change)."""
@@ -1320,9 +1335,10 @@ class Session:
 
     def close(self) -> None:
         self._links.clear()
-        for sock in self._sockets.values():
+        for sock in [*self._sockets.values(), *self._dump_sockets.values()]:
             sock.close()
         self._sockets.clear()
+        self._dump_sockets.clear()
         for fd in self._ns_fds.values():
             os.close(fd)
         self._ns_fds.clear()
@@ -1383,9 +1399,10 @@ class Session:
         pr_netns.create(name)
 
     def remove_namespace(self, name: str) -> None:
-        sock = self._sockets.pop(name, None)
-        if sock is not None:
-            sock.close()
+        for sockets in (self._sockets, self._dump_sockets):
+            sock = sockets.pop(name, None)
+            if sock is not None:
+                sock.close()
         fd = self._ns_fds.pop(name, None)
         if fd is not None:
             os.close(fd)
@@ -1509,7 +1526,7 @@ def read_addresses(
         if not session.exists(namespace):
             continue
         names = {r["_index"]: r["name"] for r in links.values() if r["namespace"] == namespace}
-        for msg in session.ipr(namespace).get_addr(family=AF_INET):
+        for msg in session.dump(namespace, "addr", AF_INET):
             name = names.get(msg["index"])
             address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
             if name is None or address is None:
@@ -1526,7 +1543,7 @@ def read_routes(
         if not session.exists(namespace):
             continue
         names = {r["_index"]: r["name"] for r in links.values() if r["namespace"] == namespace}
-        for msg in session.ipr(namespace).get_routes(family=AF_INET):
+        for msg in session.dump(namespace, "route", AF_INET):
             table = msg.get_attr("RTA_TABLE") or msg["table"]
             if table != MAIN_TABLE or msg["type"] != RTN_UNICAST:
                 continue
@@ -1560,7 +1577,7 @@ def read_fdb(
             continue
         for name in vxlans.values():
             have.setdefault((namespace, name), set())
-        for msg in session.ipr(namespace).get_neighbours(family=AF_BRIDGE):
+        for msg in session.dump(namespace, "neigh", AF_BRIDGE):
             name = vxlans.get(msg["ifindex"])
             if name is None or not msg["flags"] & NTF_SELF or not msg["state"] & NUD_PERMANENT:
                 continue
@@ -2036,13 +2053,17 @@ def run_link(
         def select(key: Key, record: Mapping[str, Any]) -> bool:
             return gather_all or key in listed or is_ours(record.get("owner"), scope)
 
-        if changes and not check_mode:
+        before = gather_links(have, select)
+        if not changes:
+            return _result(changes, before=before, after=before, obj="link",
+                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
+        if not check_mode:
             apply_links(session, changes, want, have)
             after = read_links(session, namespaces)
         else:
             after = simulate_links(have, changes, want)
     return _result(
-        changes, before=gather_links(have, select), after=gather_links(after, select),
+        changes, before=before, after=gather_links(after, select),
         obj="link", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 
@@ -2098,15 +2119,17 @@ def run_address(
                 or _iface_is_ours(links.get(key), scope, scope_namespaces)
             )  # fmt: skip
 
-        if changes and not check_mode:
+        before = _gather_grouped(have, "addresses", select, "address")
+        if not changes:
+            return _result(changes, before=before, after=before, obj="address",
+                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
+        if not check_mode:
             apply_addresses(session, changes, links)
             after = read_addresses(session, links, namespaces)
         else:
             after = simulate_addresses(have, changes)
     return _result(
-        changes,
-        before=_gather_grouped(have, "addresses", select, "address"),
-        after=_gather_grouped(after, "addresses", select, "address"),
+        changes, before=before, after=_gather_grouped(after, "addresses", select, "address"),
         obj="address", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 
@@ -2168,13 +2191,17 @@ def run_route(
                 return True
             return key in listed or _route_is_ours(key, route, links, scope, scope_namespaces)
 
-        if changes and not check_mode:
+        before = _gather_routes(have, select)
+        if not changes:
+            return _result(changes, before=before, after=before, obj="route",
+                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
+        if not check_mode:
             apply_routes(session, changes, links)
             after = read_routes(session, links, namespaces)
         else:
             after = simulate_routes(have, changes)
     return _result(
-        changes, before=_gather_routes(have, select), after=_gather_routes(after, select),
+        changes, before=before, after=_gather_routes(after, select),
         obj="route", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 
@@ -2216,15 +2243,17 @@ def run_fdb(
                 gather_all or key in listed or is_ours((links.get(key) or {}).get("owner"), scope)
             )
 
-        if changes and not check_mode:
+        before = _gather_grouped(have, "entries", select, "fdb")
+        if not changes:
+            return _result(changes, before=before, after=before, obj="fdb",
+                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
+        if not check_mode:
             apply_fdb(session, changes, links)
             after = read_fdb(session, links, namespaces)
         else:
             after = simulate_fdb(have, changes)
     return _result(
-        changes,
-        before=_gather_grouped(have, "entries", select, "fdb"),
-        after=_gather_grouped(after, "entries", select, "fdb"),
+        changes, before=before, after=_gather_grouped(after, "entries", select, "fdb"),
         obj="fdb", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 

@@ -9,13 +9,16 @@ everything of `hntest` (with the module, then by hand), even when a test fails.
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 import re
+import zlib
 
 import pytest
 import yaml
 
-from conftest import ansible_json, host_python, libvirt_cleanup
+from conftest import ROOT, ansible_json, host_python, libvirt_cleanup
 
 pytestmark = pytest.mark.lab
 
@@ -197,6 +200,67 @@ def test_second_run_changes_nothing_and_returns_no_state(lab):
         echoed = result["invocation"]["module_args"]["plan"]
         assert echoed["tenants"] == [TENANT]
         assert echoed["links"] == f"{len(plan(name)['links'])} items"
+
+
+# On the host: the netlink engine's reads through rtnl (plain sockets, only the attributes
+# read) and through pyroute2 (what they replaced) must give the same links, addresses,
+# routes and FDB entries. The two module_utils are shipped as source, as AnsiballZ would
+# (compressed: an argument of python3 -c may not exceed 128 kB).
+COMPARE_READS = """
+import base64, json, os, shutil, sys, tempfile, zlib
+SOURCES = json.loads(zlib.decompress(base64.b64decode(PACKED)))
+top = tempfile.mkdtemp()
+try:
+    pkg = os.path.join(top, "ansible_collections/multicloud/migration/plugins/module_utils")
+    os.makedirs(pkg)
+    for name, text in SOURCES.items():
+        with open(os.path.join(pkg, name + ".py"), "w") as handle:
+            handle.write(text)
+    sys.path.insert(0, top)
+    from ansible_collections.multicloud.migration.plugins.module_utils import netlink as nl
+    session = nl.Session()
+    spaces = [None] + [n for n in session.namespaces() if TENANT in n]
+    ours = {str(ns): session.link_records(ns) for ns in spaces}
+    theirs = {str(ns): [nl._parse_link(m, ns) for m in session.ipr(ns).get_links()]
+              for ns in spaces}
+    links = nl.read_links(session, spaces)
+    reads = {}
+    for name, read, kind, args in (
+        ("addresses", nl.read_addresses, "get_addr", {"family": 2}),
+        ("routes", nl.read_routes, "get_routes", {"family": 2}),
+        ("fdb", nl.read_fdb, "get_neighbours", {"family": 7}),
+    ):
+        fast = read(session, links, spaces)
+        session.dump = lambda ns, what, family=0, kind=kind, args=args: getattr(
+            session.ipr(ns), kind)(**args)
+        slow = read(session, links, spaces)
+        del session.dump
+        reads[name] = {"same": fast == slow, "ours": repr(sorted(fast.items(), key=repr))}
+    peers = {r["name"]: r["peer"] for r in links.values() if r["kind"] == "veth"}
+    print(json.dumps({"spaces": [str(s) for s in spaces], "same_links": ours == theirs,
+                      "links": sum(map(len, ours.values())), "reads": reads,
+                      "peers": peers}))
+finally:
+    shutil.rmtree(top)
+"""
+
+
+def test_fast_reads_equal_pyroute2_reads_on_the_host(lab):
+    """rtnl (issue 8: the no-op run's netlink reads) decodes what pyroute2 decodes."""
+    utils = ROOT / "plugins" / "module_utils"
+    sources = {name: (utils / f"{name}.py").read_text() for name in ("rtnl", "netlink")}
+    packed = base64.b64encode(zlib.compress(json.dumps(sources).encode())).decode()
+    script = f"PACKED = {packed!r}\nTENANT = {TENANT!r}\n" + COMPARE_READS
+    out = json.loads(host_python(lab["hosts"]["mcm-a1"], script))
+    assert sorted(out["spaces"], key=str) == sorted(["None", DHCP_NS, ROUTER_NS])
+    assert out["same_links"] and out["links"] > 4, out
+    for name, read in out["reads"].items():
+        assert read["same"], (name, read)
+    # what the host carries is in them: the FDB entry, the addresses, the default route
+    assert UNDERLAY["mcm-a2"] in out["reads"]["fdb"]["ours"]
+    assert "10.198.1.2/24" in out["reads"]["addresses"]["ours"]
+    assert "'gateway': '10.198.1.1'" in out["reads"]["routes"]["ours"]
+    assert out["peers"][f"dhb-{VNI}"] == {"name": f"dhn-{VNI}", "namespace": DHCP_NS}
 
 
 def test_read_vms_returns_what_vm_info_returns_in_the_same_call(lab):
