@@ -59,7 +59,7 @@ def collect(check_mode: bool = False, attempts: int = 3, pause: float = 2.0) -> 
     """
     from .dnsmasq import SystemProcesses, converge
     from .libvirt_vm import VmError, run_vm_info
-    from .netlink import NetlinkError, NetlinkStateError, run
+    from .netlink import NetlinkStateError, netlink_errors, run
 
     for attempt in range(1, attempts + 1):
         try:
@@ -69,7 +69,7 @@ def collect(check_mode: bool = False, attempts: int = 3, pause: float = 2.0) -> 
             }
             dhcp = converge("gathered", [], SystemProcesses())
             vms = run_vm_info({})["vms"]
-        except (NetlinkError, NetlinkStateError, OSError, VmError):
+        except (*netlink_errors(), NetlinkStateError, VmError):
             if attempt == attempts:
                 raise
             time.sleep(pause)

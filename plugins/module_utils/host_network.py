@@ -65,13 +65,6 @@ LINK_RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8)
 # how often a step whose netlink dump the kernel interrupted is read again
 DUMP_RETRIES = 3
 
-try:
-    from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
-except ImportError:  # no pyroute2 (unit tests of the pure part): nothing can raise it
-
-    class NetlinkDumpInterrupted(Exception):  # type: ignore[no-redef]
-        """Stand-in for pyroute2's exception."""
-
 
 class HostNetworkError(Exception):
     """A step failed; ``resource`` names it, ``done`` holds the results of the steps before."""
@@ -250,7 +243,7 @@ def _run_netlink_step(
     while True:
         try:
             out = dict(run_netlink(resource, args, check_mode, diff_mode))
-        except NetlinkDumpInterrupted:
+        except netlink.dump_interrupted():
             # The kernel interrupts a dump when the table changes meanwhile (other
             # processes at work on the host); the step is read again from scratch.
             interrupted += 1

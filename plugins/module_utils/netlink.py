@@ -36,32 +36,61 @@ from __future__ import annotations
 
 import copy
 import errno
+import functools
+import importlib.util
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from ansible_collections.multicloud.migration.plugins.module_utils import rtnl
 
-try:
-    from pyroute2 import IPRoute
-    from pyroute2 import netns as pr_netns
-    from pyroute2.netlink.exceptions import NetlinkError
+# pyroute2 makes every change; it is imported on first use (pyroute2()): a run that only
+# reads, through rtnl, never loads it (0.1 s of a no-op host_network run on a lab host).
+# The pure part (want/have/diff) works without it.
+HAS_PYROUTE2 = importlib.util.find_spec("pyroute2") is not None
+PYROUTE2_IMPORT_ERROR: str | None = None if HAS_PYROUTE2 else "No module named 'pyroute2'"
+_EXCEPTIONS = "pyroute2.netlink.exceptions"
 
-    HAS_PYROUTE2 = True
-    PYROUTE2_IMPORT_ERROR: str | None = None
-except ImportError as _exc:  # the pure part (want/have/diff) works without it
-    HAS_PYROUTE2 = False
-    PYROUTE2_IMPORT_ERROR = str(_exc)
-    IPRoute = None
-    pr_netns = None
 
-    class NetlinkError(Exception):  # type: ignore[no-redef]
-        """Stand-in so that ``except NetlinkError`` stays valid without pyroute2."""
+class Pyroute2(NamedTuple):
+    IPRoute: Any
+    netns: Any
+    NetlinkError: type[Exception]
 
-        code = 0
+
+@functools.lru_cache(maxsize=1)
+def pyroute2() -> Pyroute2:
+    """pyroute2's IPRoute, netns and NetlinkError, imported once."""
+    try:
+        from pyroute2 import (
+            IPRoute,  # pylint: disable=import-outside-toplevel
+            netns,  # pylint: disable=import-outside-toplevel
+        )
+        from pyroute2.netlink.exceptions import (  # pylint: disable=import-outside-toplevel
+            NetlinkError,
+        )
+    except ImportError as exc:
+        raise NetlinkStateError(f"pyroute2 is required: {exc}") from exc
+    return Pyroute2(IPRoute, netns, NetlinkError)
+
+
+def netlink_errors() -> tuple[type[BaseException], ...]:
+    """For except clauses: OSError (rtnl's errors too), and pyroute2's NetlinkError once
+    pyroute2 is loaded (nothing can have raised it before)."""
+    loaded = sys.modules.get(_EXCEPTIONS)
+    return (loaded.NetlinkError, OSError) if loaded is not None else (OSError,)
+
+
+def dump_interrupted() -> tuple[type[BaseException], ...]:
+    """For except clauses: a dump the kernel interrupted (rtnl's, or pyroute2's)."""
+    loaded = sys.modules.get(_EXCEPTIONS)
+    if loaded is None:
+        return (rtnl.DumpInterrupted,)
+    return (rtnl.DumpInterrupted, loaded.NetlinkDumpInterrupted)
 
 
 __all__ = [
@@ -1273,7 +1302,8 @@ def render(obj: str, items: list[Mapping[str, Any]]) -> str:
 
 
 def _nl_error_text(exc: BaseException) -> str:
-    if isinstance(exc, NetlinkError):
+    loaded = sys.modules.get(_EXCEPTIONS)
+    if loaded is not None and isinstance(exc, loaded.NetlinkError):
         code = getattr(exc, "code", 0) or 0
         message = exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(code)
         return f"{message} (errno {code})"
@@ -1324,10 +1354,13 @@ class Session:
     def dump(self, namespace: str | None, what: str, family: int = 0) -> list[rtnl.Message]:
         """Every ``link``, ``addr``, ``route`` or ``neigh`` of a namespace (of one address
         family; 0: all), decoded by rtnl: only the attributes the read_* functions use."""
+        self._seq += 1
+        return rtnl.dump(self._dump_socket(namespace), what, family, self._seq)
+
+    def _dump_socket(self, namespace: str | None) -> Any:
         if namespace not in self._dump_sockets:
             self._dump_sockets[namespace] = self._inside(namespace, rtnl.open_socket)
-        self._seq += 1
-        return rtnl.dump(self._dump_sockets[namespace], what, family, self._seq)
+        return self._dump_sockets[namespace]
 
     def forget(self) -> None:
         """Drop the link dumps: the next read asks the kernel (called before any change)."""
@@ -1370,15 +1403,16 @@ class Session:
     def _inside(self, namespace: str | None, func: Callable[[], Any]) -> Any:
         if namespace is None:
             return func()
-        pr_netns.setns(self.ns_fd(namespace), flags=0)
+        rtnl.setns(self.ns_fd(namespace))
         try:
             return func()
         finally:
-            pr_netns.setns(self._root_fd, flags=0)
+            rtnl.setns(self._root_fd)
 
     def ipr(self, namespace: str | None) -> Any:
         if namespace not in self._sockets:
-            self._sockets[namespace] = self._inside(namespace, lambda: IPRoute(ext_ack=True))
+            iproute = pyroute2().IPRoute
+            self._sockets[namespace] = self._inside(namespace, lambda: iproute(ext_ack=True))
         return self._sockets[namespace]
 
     def forwarding(self, namespace: str | None) -> bool:
@@ -1396,7 +1430,7 @@ class Session:
         self._inside(namespace, write)
 
     def create_namespace(self, name: str) -> None:
-        pr_netns.create(name)
+        pyroute2().netns.create(name)
 
     def remove_namespace(self, name: str) -> None:
         for sockets in (self._sockets, self._dump_sockets):
@@ -1406,15 +1440,16 @@ class Session:
         fd = self._ns_fds.pop(name, None)
         if fd is not None:
             os.close(fd)
-        pr_netns.remove(name)
+        pyroute2().netns.remove(name)
 
     def nsid(self, namespace: str | None, target: str | None) -> int | None:
         """The id under which ``namespace`` knows ``target`` (IFLA_LINK_NETNSID), if any."""
         key = (namespace, target)
         if key not in self._nsids:
-            answer = self.ipr(namespace).get_netnsid(fd=self.ns_fd(target)) or {}
-            nsid = answer.get("nsid")
-            self._nsids[key] = None if nsid is None or nsid < 0 else nsid
+            self._seq += 1
+            self._nsids[key] = rtnl.nsid(
+                self._dump_socket(namespace), self.ns_fd(target), self._seq
+            )
         return self._nsids[key]
 
 
@@ -1630,7 +1665,7 @@ def _forget_learned(ipr: Any, index: int, removed: Iterable[str] | None = None) 
     for mac, dst in entries:
         try:
             ipr.fdb("del", ifindex=index, lladdr=mac, dst=dst)
-        except NetlinkError as exc:
+        except pyroute2().NetlinkError as exc:
             if exc.code != errno.ENOENT:  # expired meanwhile: fine
                 raise
 
@@ -1644,7 +1679,7 @@ def _apply_each(
             func(change)
         except NetlinkStateError as exc:
             raise NetlinkStateError(str(exc), done) from exc
-        except (NetlinkError, OSError) as exc:
+        except netlink_errors() as exc:
             raise NetlinkStateError(f"{describe(change)}: {_nl_error_text(exc)}", done) from exc
         done.append(change)
 
@@ -1820,7 +1855,7 @@ def _delete_links_at_once(
         for change in batch:
             ipr.link("set", index=have[(namespace, change["name"])]["_index"], group=group)
         ipr.link("del", group=group)
-    except (NetlinkError, OSError) as exc:
+    except netlink_errors() as exc:
         raise NetlinkStateError(
             f"delete {len(batch)} links in {ns_label(namespace)}: {_nl_error_text(exc)}", done
         ) from exc
@@ -1919,7 +1954,7 @@ def apply_fdb(
     for key, dsts in removed.items():
         try:
             _forget_learned(session.ipr(key[0]), _index_of(links, key, session), dsts)
-        except (NetlinkError, OSError) as exc:
+        except netlink_errors() as exc:
             where = f"fdb on {key[1]}: forgetting what was learned behind {sorted(dsts)}"
             raise NetlinkStateError(f"{where}: {_nl_error_text(exc)}", done) from exc
 

@@ -31,7 +31,12 @@ CLONE_NEWNET = 0x40000000
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300
+RTM_NEWNSID = 88
+RTM_GETNSID = 90
+NETNSA_NSID = 1
+NETNSA_FD = 3
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 RECV_SIZE = 1 << 16  # the kernel fills at most 32 kB per dump message batch
 _NLMSG = struct.Struct("=IHHII")
@@ -41,6 +46,10 @@ _ERRNO = struct.Struct("=i")
 
 class RtnlError(OSError):
     """The kernel refused a dump request (``errno`` set), or its answer was cut short."""
+
+
+class DumpInterrupted(RtnlError):
+    """The table changed while the kernel dumped it (NLM_F_DUMP_INTR): read it again."""
 
 
 # --------------------------------------------------------------------------- decoders
@@ -182,20 +191,24 @@ def decode_attrs(data: bytes | memoryview, offset: int, end: int, attrs: AttrMap
     return out
 
 
-def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool]:
-    """The messages of one receive buffer that answer request ``seq``, and whether the
-    dump ended (NLMSG_DONE); messages of another request are skipped."""
+def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool, bool]:
+    """The messages of one receive buffer that answer request ``seq``, whether the dump
+    ended (NLMSG_DONE) and whether the kernel flagged it interrupted; messages of another
+    request are skipped."""
     messages: list[Message] = []
+    interrupted = False
     offset = 0
     while offset + _NLMSG.size <= len(data):
-        length, msg_type, _flags, msg_seq, _pid = _NLMSG.unpack_from(data, offset)
+        length, msg_type, flags, msg_seq, _pid = _NLMSG.unpack_from(data, offset)
         if length < _NLMSG.size or offset + length > len(data):
             raise RtnlError(errno.EBADMSG, "truncated netlink message in a dump")
         body = offset + _NLMSG.size
         if msg_seq != seq:
-            pass
-        elif msg_type == NLMSG_DONE:
-            return messages, True
+            offset += (length + 3) & ~3
+            continue
+        interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
+        if msg_type == NLMSG_DONE:
+            return messages, True, interrupted
         elif msg_type == NLMSG_ERROR:
             code = -_ERRNO.unpack_from(data, body)[0]
             if code:
@@ -205,7 +218,7 @@ def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool]:
             attrs = decode_attrs(data, body + kind.header.size, offset + length, kind.attrs)
             messages.append(Message(zip(kind.fields, values, strict=True), attrs))
         offset += (length + 3) & ~3
-    return messages, False
+    return messages, False, interrupted
 
 
 @functools.lru_cache(maxsize=1)
@@ -268,12 +281,39 @@ def dump(sock: socket.socket, what: str, family: int = 0, seq: int = 1) -> list[
     kind = KINDS[what]
     sock.send(request(kind, family, seq))
     messages: list[Message] = []
+    interrupted = False
     for _ in range(1_000_000):  # a dump ends with NLMSG_DONE; bounded all the same
-        data, _ancdata, flags, _addr = sock.recvmsg(RECV_SIZE)
-        if flags & socket.MSG_TRUNC:
-            raise RtnlError(errno.EMSGSIZE, "a netlink dump message did not fit the buffer")
-        batch, done = decode(data, kind, seq)
+        data = _receive(sock)
+        batch, done, cut = decode(data, kind, seq)
         messages.extend(batch)
+        interrupted = interrupted or cut
         if done:
+            if interrupted:  # read to its end first: nothing of it stays in the socket
+                raise DumpInterrupted(errno.EAGAIN, f"the kernel interrupted the {what} dump")
             return messages
     raise RtnlError(errno.EOVERFLOW, "a netlink dump did not end")
+
+
+def _receive(sock: socket.socket) -> bytes:
+    data, _ancdata, flags, _addr = sock.recvmsg(RECV_SIZE)
+    if flags & socket.MSG_TRUNC:
+        raise RtnlError(errno.EMSGSIZE, "a netlink message did not fit the buffer")
+    return data
+
+
+_NSID = Kind(RTM_GETNSID, RTM_NEWNSID, "Bxxx", ("family",), {NETNSA_NSID: ("NETNSA_NSID", _s32)})
+
+
+def nsid(sock: socket.socket, fd: int, seq: int = 1) -> int | None:
+    """The id under which the socket's namespace knows the namespace ``fd`` refers to
+    (IFLA_LINK_NETNSID of a veth whose peer is there), None when it has none."""
+    attr = _NLA.pack(8, NETNSA_FD) + struct.pack("=I", fd)
+    header = _NSID.header.pack(0)
+    sock.send(_NLMSG.pack(_NLMSG.size + len(header) + len(attr), RTM_GETNSID, NLM_F_REQUEST,
+                          seq, 0) + header + attr)  # fmt: skip
+    for _ in range(1000):  # the answer, after anything left of an earlier request
+        messages, _done, _cut = decode(_receive(sock), _NSID, seq)
+        if messages:
+            value = messages[0].get_attr("NETNSA_NSID")
+            return None if value is None or value < 0 else value
+    raise RtnlError(errno.ENOMSG, "no answer to a netns id request")

@@ -98,8 +98,8 @@ from ansible_collections.multicloud.migration.plugins.module_utils.libvirt_vm im
 from ansible_collections.multicloud.migration.plugins.module_utils.netlink import (
     HAS_PYROUTE2,
     PYROUTE2_IMPORT_ERROR,
-    NetlinkError,
     NetlinkStateError,
+    netlink_errors,
 )
 
 
@@ -111,7 +111,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("libvirt-python"), exception=LIBVIRT_IMPORT_ERROR)
     try:
         facts = collect(module.check_mode)
-    except (NetlinkError, NetlinkStateError, OSError, DnsmasqError, VmError) as exc:
+    except (*netlink_errors(), NetlinkStateError, DnsmasqError, VmError) as exc:
         module.fail_json(msg=f"cannot read the host: {exc}")
     module.exit_json(changed=False, **facts)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 
 import pytest
@@ -10,6 +11,7 @@ UTILS = "ansible_collections.multicloud.migration.plugins.module_utils"
 hn = importlib.import_module(f"{UTILS}.host_network")
 dhcp = importlib.import_module(f"{UTILS}.dnsmasq")
 netlink = importlib.import_module(f"{UTILS}.netlink")
+rtnl = importlib.import_module(f"{UTILS}.rtnl")
 
 MODULES = "ansible_collections.multicloud.migration.plugins.modules"
 
@@ -244,13 +246,24 @@ def test_link_step_is_re_run_when_removed_namespaces_take_their_legs_late(monkey
     assert calls.count("link") == 1
 
 
-def test_an_interrupted_dump_is_read_again():
+def _pyroute2_interrupted():
+    from pyroute2.netlink.exceptions import NetlinkDumpInterrupted
+
+    return NetlinkDumpInterrupted()
+
+
+@pytest.mark.parametrize(
+    "interruption",
+    [lambda: rtnl.DumpInterrupted(errno.EAGAIN, "interrupted"), _pyroute2_interrupted],
+    ids=["rtnl", "pyroute2"],
+)
+def test_an_interrupted_dump_is_read_again(interruption):
     calls = []
 
     def interrupted_once(resource, params, check_mode, diff_mode):
         calls.append(resource)
         if resource == "address" and calls.count("address") == 1:
-            raise hn.NetlinkDumpInterrupted()
+            raise interruption()
         return {"changed": False, "changes": []}
 
     result = hn.converge_host(

@@ -112,7 +112,7 @@ PLAIN_LINK = {"fields": {"family": 0, "index": 1, "flags": 0x49}, "attrs": [("IF
 @pytest.mark.parametrize("link", [VXLAN_LINK, VETH_LINK, PLAIN_LINK], ids=["vxlan", "veth", "lo"])
 def test_links_decode_as_pyroute2_decodes_them(link):
     data = _encode(ifinfmsg, 16, link["fields"], link["attrs"])
-    messages, done = rtnl.decode(data, rtnl.KINDS["link"], SEQ)
+    messages, done, _cut = rtnl.decode(data, rtnl.KINDS["link"], SEQ)
     theirs = _pyroute2(ifinfmsg, data)
     assert not done and len(messages) == 1
     ours = messages[0]
@@ -173,10 +173,10 @@ def test_a_batch_ends_at_done_and_skips_other_requests():
     one = _encode(ifinfmsg, 16, PLAIN_LINK["fields"], PLAIN_LINK["attrs"])
     stale = _encode(ifinfmsg, 16, VETH_LINK["fields"], VETH_LINK["attrs"], seq=SEQ - 1)
     two = _encode(ifinfmsg, 16, VXLAN_LINK["fields"], VXLAN_LINK["attrs"])
-    messages, done = rtnl.decode(one + stale + two + _done(), rtnl.KINDS["link"], SEQ)
+    messages, done, cut = rtnl.decode(one + stale + two + _done(), rtnl.KINDS["link"], SEQ)
     assert done and [m.get_attr("IFLA_IFNAME") for m in messages] == ["lo", "vxlan-1001"]
-    messages, done = rtnl.decode(one, rtnl.KINDS["link"], SEQ)
-    assert not done and len(messages) == 1
+    messages, done, cut = rtnl.decode(one, rtnl.KINDS["link"], SEQ)
+    assert not done and not cut and len(messages) == 1
 
 
 def test_an_error_answer_and_a_cut_message_raise():
@@ -187,7 +187,7 @@ def test_an_error_answer_and_a_cut_message_raise():
     with pytest.raises(rtnl.RtnlError, match="truncated"):
         rtnl.decode(one[:-4], rtnl.KINDS["link"], SEQ)
     # an acknowledgement (error 0) is no error
-    assert rtnl.decode(_error(0) + _done(), rtnl.KINDS["link"], SEQ) == ([], True)
+    assert rtnl.decode(_error(0) + _done(), rtnl.KINDS["link"], SEQ) == ([], True, False)
 
 
 class _FakeSocket:
@@ -218,3 +218,28 @@ def test_dump_requests_one_family_and_reads_until_done():
     assert (length, msg_type, flags, seq, family) == (24, 22, 0x301, SEQ, socket.AF_INET)
     with pytest.raises(rtnl.RtnlError, match="did not fit"):
         rtnl.dump(_FakeSocket([one], flags=socket.MSG_TRUNC), "addr", socket.AF_INET, SEQ)
+
+
+def test_an_interrupted_dump_is_read_to_its_end_then_raised():
+    """NLM_F_DUMP_INTR: the table changed meanwhile; host_network reads the step again."""
+    one = bytearray(_encode(ifinfmsg, 16, PLAIN_LINK["fields"], PLAIN_LINK["attrs"]))
+    struct.pack_into("=H", one, 6, 2 | rtnl.NLM_F_DUMP_INTR)
+    sock = _FakeSocket([bytes(one), _done()])
+    with pytest.raises(rtnl.DumpInterrupted):
+        rtnl.dump(sock, "link", 0, SEQ)
+    assert sock.buffers == []  # nothing of it left for the next request
+
+
+def test_nsid_asks_for_the_id_of_a_namespace_fd():
+    def answer(value, seq=SEQ):
+        attr = struct.pack("=HHi", 8, rtnl.NETNSA_NSID, value)
+        return struct.pack("=IHHII", 16 + 4 + 8, rtnl.RTM_NEWNSID, 0, seq, 0) + bytes(4) + attr
+
+    sock = _FakeSocket([answer(5, seq=SEQ - 1) + answer(3)])
+    assert rtnl.nsid(sock, 42, SEQ) == 3
+    length, msg_type, flags, seq, _pid = struct.unpack_from("=IHHII", sock.sent[0])
+    assert (length, msg_type, flags, seq) == (28, rtnl.RTM_GETNSID, 1, SEQ)
+    assert struct.unpack_from("=HHI", sock.sent[0], 20) == (8, rtnl.NETNSA_FD, 42)
+    assert rtnl.nsid(_FakeSocket([answer(-1)]), 42, SEQ) is None  # none assigned
+    with pytest.raises(rtnl.RtnlError):
+        rtnl.nsid(_FakeSocket([_error(errno.EBADF)]), 42, SEQ)
