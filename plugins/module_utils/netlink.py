@@ -66,13 +66,8 @@ class Pyroute2(NamedTuple):
 def pyroute2() -> Pyroute2:
     """pyroute2's IPRoute, netns and NetlinkError, imported once."""
     try:
-        from pyroute2 import (
-            IPRoute,  # pylint: disable=import-outside-toplevel
-            netns,  # pylint: disable=import-outside-toplevel
-        )
-        from pyroute2.netlink.exceptions import (  # pylint: disable=import-outside-toplevel
-            NetlinkError,
-        )
+        from pyroute2 import IPRoute, netns
+        from pyroute2.netlink.exceptions import NetlinkError
     except ImportError as exc:
         raise NetlinkStateError(f"pyroute2 is required: {exc}") from exc
     return Pyroute2(IPRoute, netns, NetlinkError)

@@ -223,7 +223,7 @@ def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool, bool
 
 @functools.lru_cache(maxsize=1)
 def _libc() -> Any:
-    import ctypes  # pylint: disable=import-outside-toplevel
+    import ctypes
 
     return ctypes.CDLL(None, use_errno=True)
 
@@ -234,7 +234,7 @@ def setns(fd: int) -> None:
         os.setns(fd, CLONE_NEWNET)
         return
     if _libc().setns(fd, CLONE_NEWNET) != 0:
-        import ctypes  # pylint: disable=import-outside-toplevel
+        import ctypes
 
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
