@@ -12,16 +12,23 @@ from typing import Any
 
 import yaml
 
-from conftest import ansible_json, run
+from conftest import ansible_json, migration_tls, run
 
 PLAYBOOK_TIMEOUT = 900
 
 
 @contextlib.contextmanager
-def tenant_env(tmp: Path, spec: dict[str, Any], tenant: str) -> Iterator[dict[str, Any]]:
+def tenant_env(
+    tmp: Path, spec: dict[str, Any], tenant: str, hosts: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     """create_infra.yml with ``spec`` (state kept under ``tmp``); delete_infra.yml of
     ``tenant`` afterwards, also when the test failed. Yields {extra, state}: the -e
-    arguments every playbook of the test gets, and the state directory."""
+    arguments every playbook of the test gets, and the state directory.
+
+    The lab ``hosts`` get the TLS material migrations and their --check plans need first,
+    when they do not have it yet (a freshly built lab has none): each test file can run
+    alone."""
+    migration_tls(hosts)
     spec_file = tmp / "spec.yml"
     spec_file.write_text(yaml.safe_dump(spec))
     extra = ["-e", f"spec_file={spec_file}", "-e", f"mcm_state_dir={tmp / 'state'}"]

@@ -48,7 +48,7 @@ DHCP_NS = "qdhcp-mcd.net"
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
     try:
-        with tenant_env(tmp_path_factory.mktemp("mcd"), SPEC, TENANT) as env:
+        with tenant_env(tmp_path_factory.mktemp("mcd"), SPEC, TENANT, hosts) as env:
             yield env
     finally:
         for name in ("mcm-a1", "mcm-a2", "mcm-b1"):

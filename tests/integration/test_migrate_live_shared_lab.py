@@ -5,10 +5,10 @@ to mcm-a2), its disk in the pool mcm-shared at /var/lib/mcm/shared/vms - the lab
 directory, the same bind mount in every lab host. A marker is written to the guest's disk
 from inside the guest; the VM moves live to cloud_b (memory only: the disk stays in the
 shared directory) and back with mode auto, which must choose live as well. The ledger and
-the placement record live in a temporary state directory. The module fixture runs
-setup_migration_tls.yml (idempotent), creates the tenant with create_infra.yml and removes
-it with delete_infra.yml, also after a failure, and checks that the shared volume is gone
-afterwards. Run with -s to see the measured downtime and bytes (MEASURED).
+the placement record live in a temporary state directory. The module fixture makes the
+hosts' TLS material when missing (migration_tls), creates the tenant with create_infra.yml
+and removes it with delete_infra.yml, also after a failure, and checks that the shared
+volume is gone afterwards. Run with -s to see the measured downtime and bytes (MEASURED).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
-from conftest import console, run
+from conftest import console
 from migration_lab import changed, ledger, playbook, tenant_env
 from migration_lab import where as domain_states
 
@@ -60,10 +60,7 @@ MEASURED: dict[str, dict] = {}
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
     try:
-        # the check-mode plan needs the hosts' TLS material (idempotent: no change once there)
-        tls = run(["ansible-playbook", "playbooks/setup_migration_tls.yml"], timeout=900)
-        assert tls.returncode == 0, tls.stdout[-3000:]
-        with tenant_env(tmp_path_factory.mktemp("shl"), SPEC, TENANT) as env:
+        with tenant_env(tmp_path_factory.mktemp("shl"), SPEC, TENANT, hosts) as env:
             yield env
     finally:
         # the shared volume was deleted (once, by the host that ran the VM): it is gone

@@ -20,7 +20,7 @@ import shutil
 import pytest
 
 from ansible_collections.multicloud.migration.plugins.module_utils import spec as specmod
-from conftest import console, migration_tls
+from conftest import console
 from migration_lab import changed, ledger, messages, placement, playbook, tenant_env, where
 
 pytestmark = pytest.mark.lab
@@ -69,10 +69,8 @@ def bridges() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
     work = tmp_path_factory.mktemp("nmap")
-    # the first check-mode plans need the hosts' TLS material (made by a migration only)
-    migration_tls(hosts)
     try:
-        with tenant_env(work, SPEC, TENANT) as made:
+        with tenant_env(work, SPEC, TENANT, hosts) as made:
             yield made
     finally:
         b1 = hosts["mcm-b1"]

@@ -50,7 +50,7 @@ PING_NS = "mgp-ping"
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
     try:
-        with tenant_env(tmp_path_factory.mktemp("mgp"), SPEC, "mgp") as env:
+        with tenant_env(tmp_path_factory.mktemp("mgp"), SPEC, "mgp", hosts) as env:
             yield env
     finally:
         hosts["mcm-a2"].run("ip netns del %s", PING_NS)

@@ -76,7 +76,7 @@ MEASURED: dict[str, dict[str, float]] = {}
 @pytest.fixture(scope="module")
 def env(hosts, topology, tmp_path_factory):
     try:
-        with tenant_env(tmp_path_factory.mktemp(TENANT), SPEC, TENANT) as env:
+        with tenant_env(tmp_path_factory.mktemp(TENANT), SPEC, TENANT, hosts) as env:
             yield {**env, "topology": topology}
     finally:
         for name in ("mcm-a1", "mcm-a2", "mcm-b1"):

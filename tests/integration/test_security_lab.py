@@ -110,7 +110,7 @@ ip -n {ns} route add default via 10.40.1.1
 @pytest.fixture(scope="module")
 def env(hosts, tmp_path_factory):
     try:
-        with tenant_env(tmp_path_factory.mktemp(TENANT), SPEC, TENANT) as env:
+        with tenant_env(tmp_path_factory.mktemp(TENANT), SPEC, TENANT, hosts) as env:
             add_clients(hosts)
             yield env
     finally:
