@@ -282,7 +282,7 @@ def dump(sock: socket.socket, what: str, family: int = 0, seq: int = 1) -> list[
     sock.send(request(kind, family, seq))
     messages: list[Message] = []
     interrupted = False
-    for _ in range(1_000_000):  # a dump ends with NLMSG_DONE; bounded all the same
+    for _batch in range(1_000_000):  # a dump ends with NLMSG_DONE; bounded all the same
         data = _receive(sock)
         batch, done, cut = decode(data, kind, seq)
         messages.extend(batch)
@@ -311,7 +311,7 @@ def nsid(sock: socket.socket, fd: int, seq: int = 1) -> int | None:
     header = _NSID.header.pack(0)
     sock.send(_NLMSG.pack(_NLMSG.size + len(header) + len(attr), RTM_GETNSID, NLM_F_REQUEST,
                           seq, 0) + header + attr)  # fmt: skip
-    for _ in range(1000):  # the answer, after anything left of an earlier request
+    for _attempt in range(1000):  # the answer, after anything left of an earlier request
         messages, _done, _cut = decode(_receive(sock), _NSID, seq)
         if messages:
             value = messages[0].get_attr("NETNSA_NSID")
