@@ -1349,8 +1349,11 @@ class Session:
     def dump(self, namespace: str | None, what: str, family: int = 0) -> list[rtnl.Message]:
         """Every ``link``, ``addr``, ``route`` or ``neigh`` of a namespace (of one address
         family; 0: all), decoded by rtnl: only the attributes the read_* functions use."""
+        return rtnl.dump(self._dump_socket(namespace), what, family, self._next_seq())
+
+    def _next_seq(self) -> int:
         self._seq += 1
-        return rtnl.dump(self._dump_socket(namespace), what, family, self._seq)
+        return self._seq
 
     def _dump_socket(self, namespace: str | None) -> Any:
         if namespace not in self._dump_sockets:
@@ -1441,10 +1444,8 @@ class Session:
         """The id under which ``namespace`` knows ``target`` (IFLA_LINK_NETNSID), if any."""
         key = (namespace, target)
         if key not in self._nsids:
-            self._seq += 1
-            self._nsids[key] = rtnl.nsid(
-                self._dump_socket(namespace), self.ns_fd(target), self._seq
-            )
+            sock = self._dump_socket(namespace)
+            self._nsids[key] = rtnl.nsid(sock, self.ns_fd(target), self._next_seq())
         return self._nsids[key]
 
 
@@ -1984,18 +1985,23 @@ def _namespaces_to_read(
 def _result(
     changes: list[Change],
     *,
-    before: list[dict[str, Any]],
-    after: list[dict[str, Any]],
+    have: Any,
+    after: Any,
+    gather: Callable[[Any], list[dict[str, Any]]],
     obj: str,
     diff_mode: bool,
     warnings: list[str],
     state: str,
 ) -> dict[str, Any]:
+    """The step's result; ``gather`` turns the state read (``have``) and the state after
+    (``after``; ``have`` itself when nothing changed) into before/after."""
+    before = gather(have)
+    after_items = before if after is have else gather(after)
     result: dict[str, Any] = {
         "changed": bool(changes),
         "changes": changes,
         "before": before,
-        "after": after,
+        "after": after_items,
         "warnings": warnings,
     }
     if state == "gathered":
@@ -2003,7 +2009,7 @@ def _result(
     if diff_mode:
         result["diff"] = {
             "before": render(obj, before),
-            "after": render(obj, after),
+            "after": render(obj, after_items),
             "before_header": f"{obj} (before)",
             "after_header": f"{obj} (after)",
         }
@@ -2046,10 +2052,12 @@ def run_netns(
         if changes and not check_mode:
             apply_netns(session, changes)
             after = read_netns(session)
-        else:
+        elif changes:
             after = simulate_netns(have, changes)
+        else:
+            after = have
     return _result(
-        changes, before=select(have), after=select(after), obj="netns",
+        changes, have=have, after=after, gather=select, obj="netns",
         diff_mode=diff_mode, warnings=[], state=state,
     )  # fmt: skip
 
@@ -2083,17 +2091,15 @@ def run_link(
         def select(key: Key, record: Mapping[str, Any]) -> bool:
             return gather_all or key in listed or is_ours(record.get("owner"), scope)
 
-        before = gather_links(have, select)
-        if not changes:
-            return _result(changes, before=before, after=before, obj="link",
-                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
-        if not check_mode:
+        if changes and not check_mode:
             apply_links(session, changes, want, have)
             after = read_links(session, namespaces)
-        else:
+        elif changes:
             after = simulate_links(have, changes, want)
+        else:
+            after = have
     return _result(
-        changes, before=before, after=gather_links(after, select),
+        changes, have=have, after=after, gather=lambda links: gather_links(links, select),
         obj="link", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 
@@ -2149,17 +2155,16 @@ def run_address(
                 or _iface_is_ours(links.get(key), scope, scope_namespaces)
             )  # fmt: skip
 
-        before = _gather_grouped(have, "addresses", select, "address")
-        if not changes:
-            return _result(changes, before=before, after=before, obj="address",
-                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
-        if not check_mode:
+        if changes and not check_mode:
             apply_addresses(session, changes, links)
             after = read_addresses(session, links, namespaces)
-        else:
+        elif changes:
             after = simulate_addresses(have, changes)
+        else:
+            after = have
     return _result(
-        changes, before=before, after=_gather_grouped(after, "addresses", select, "address"),
+        changes, have=have, after=after,
+        gather=lambda addresses: _gather_grouped(addresses, "addresses", select, "address"),
         obj="address", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 
@@ -2221,17 +2226,15 @@ def run_route(
                 return True
             return key in listed or _route_is_ours(key, route, links, scope, scope_namespaces)
 
-        before = _gather_routes(have, select)
-        if not changes:
-            return _result(changes, before=before, after=before, obj="route",
-                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
-        if not check_mode:
+        if changes and not check_mode:
             apply_routes(session, changes, links)
             after = read_routes(session, links, namespaces)
-        else:
+        elif changes:
             after = simulate_routes(have, changes)
+        else:
+            after = have
     return _result(
-        changes, before=before, after=_gather_routes(after, select),
+        changes, have=have, after=after, gather=lambda routes: _gather_routes(routes, select),
         obj="route", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 
@@ -2273,17 +2276,16 @@ def run_fdb(
                 gather_all or key in listed or is_ours((links.get(key) or {}).get("owner"), scope)
             )
 
-        before = _gather_grouped(have, "entries", select, "fdb")
-        if not changes:
-            return _result(changes, before=before, after=before, obj="fdb",
-                           diff_mode=diff_mode, warnings=warnings, state=state)  # fmt: skip
-        if not check_mode:
+        if changes and not check_mode:
             apply_fdb(session, changes, links)
             after = read_fdb(session, links, namespaces)
-        else:
+        elif changes:
             after = simulate_fdb(have, changes)
+        else:
+            after = have
     return _result(
-        changes, before=before, after=_gather_grouped(after, "entries", select, "fdb"),
+        changes, have=have, after=after,
+        gather=lambda entries: _gather_grouped(entries, "entries", select, "fdb"),
         obj="fdb", diff_mode=diff_mode, warnings=warnings, state=state,
     )  # fmt: skip
 

@@ -222,10 +222,10 @@ def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool, bool
 
 
 @functools.lru_cache(maxsize=1)
-def _libc() -> Any:
+def _ctypes() -> tuple[Any, Any]:
     import ctypes
 
-    return ctypes.CDLL(None, use_errno=True)
+    return ctypes, ctypes.CDLL(None, use_errno=True)
 
 
 def setns(fd: int) -> None:
@@ -233,9 +233,8 @@ def setns(fd: int) -> None:
     if hasattr(os, "setns"):  # Python 3.12 and later
         os.setns(fd, CLONE_NEWNET)
         return
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
-        import ctypes
-
+    ctypes, libc = _ctypes()
+    if libc.setns(fd, CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
@@ -269,10 +268,12 @@ def open_socket() -> socket.socket:
     return sock
 
 
-def request(kind: Kind, family: int, seq: int) -> bytes:
-    header = kind.header.pack(family, *([0] * (len(kind.fields) - 1)))
-    return _NLMSG.pack(_NLMSG.size + len(header), kind.request, NLM_F_REQUEST | NLM_F_DUMP,
-                       seq, 0) + header  # fmt: skip
+def request(
+    kind: Kind, family: int, seq: int, flags: int = NLM_F_DUMP, attrs: bytes = b""
+) -> bytes:
+    """A request of ``kind``: its header with ``family`` (other fields 0), then ``attrs``."""
+    body = kind.header.pack(family, *([0] * (len(kind.fields) - 1))) + attrs
+    return _NLMSG.pack(_NLMSG.size + len(body), kind.request, NLM_F_REQUEST | flags, seq, 0) + body
 
 
 def dump(sock: socket.socket, what: str, family: int = 0, seq: int = 1) -> list[Message]:
@@ -308,9 +309,7 @@ def nsid(sock: socket.socket, fd: int, seq: int = 1) -> int | None:
     """The id under which the socket's namespace knows the namespace ``fd`` refers to
     (IFLA_LINK_NETNSID of a veth whose peer is there), None when it has none."""
     attr = _NLA.pack(8, NETNSA_FD) + struct.pack("=I", fd)
-    header = _NSID.header.pack(0)
-    sock.send(_NLMSG.pack(_NLMSG.size + len(header) + len(attr), RTM_GETNSID, NLM_F_REQUEST,
-                          seq, 0) + header + attr)  # fmt: skip
+    sock.send(request(_NSID, 0, seq, flags=0, attrs=attr))
     for _attempt in range(1000):  # the answer, after anything left of an earlier request
         messages, _done, _cut = decode(_receive(sock), _NSID, seq)
         if messages:
