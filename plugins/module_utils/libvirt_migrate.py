@@ -62,6 +62,7 @@ from .libvirt_vm import (
     refresh_pool,
 )
 from .migration_progress import ProgressFile
+from .sockdiag import cut as cut_connections
 
 try:
     import libvirt
@@ -139,6 +140,13 @@ ABORT_REPEAT = 2.0  # seconds between abortJob calls while a timed-out job still
 # libvirt 9.0 can ignore abortJob during the NBD disk-mirror phase (seen in CI), and a
 # migration whose destination side is gone fails at once, the source VM running on.
 ABORTS_BEFORE_KILL = 3
+# abortJob calls after which the source qemu's TCP connections to the destination are
+# destroyed (sockdiag): a stream waiting in qemu for a peer that stopped answering ends only
+# when TCP gives up (net.ipv4.tcp_retries2, ~15 min) or never (a read with nothing left to
+# send), and abortJob waits for it. When the destination stopped answering (keepalive)
+# there is nothing to destroy there, so the cut comes at ABORTS_BEFORE_KILL.
+ABORTS_BEFORE_CUT = 6
+QEMU_PID_DIR = "/run/libvirt/qemu"  # libvirt's system driver: NAME.pid of each running domain
 # After a failure the destination is cleaned over a connection that answers: the first one
 # may be dead (its libvirtd was killed: a new one is opened once libvirtd is back) or hang
 # (the link is cut: every call waits for TCP to give up, about 15 min). So the cleanup is
@@ -1534,6 +1542,37 @@ class Migration:
                 f"({error or 'no answer'}); still sending abortJob"
             )
 
+    def _peer_lost(self) -> bool:
+        """Whether the destination connection was closed: its keepalive got no answer for
+        about KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) s (link cut, host down). A local
+        check, no call to the peer."""
+        alive = getattr(self.dst, "isAlive", None)
+        if alive is None:
+            return False
+        try:
+            return not alive()
+        except _lverr():
+            return True
+
+    def _cut_streams(self) -> None:
+        """Destroy the source qemu's TCP connections to the destination (the migration and
+        NBD streams), so that a job waiting in them for a silent peer fails now."""
+        try:
+            with open(f"{QEMU_PID_DIR}/{self.name}.pid", encoding="ascii") as handle:
+                pid = int(handle.read().strip())
+            peers = {info[4][0] for info in socket.getaddrinfo(
+                self.opts.migrate_address, None, type=socket.SOCK_STREAM)}  # fmt: skip
+            done = cut_connections(pid, peers)
+        except (OSError, ValueError) as exc:
+            self.warnings.append(f"{self.label}: the job did not stop and its streams to the "
+                                 f"destination could not be cut: {exc}")  # fmt: skip
+            return
+        self.warnings.append(
+            f"{self.label}: the job did not stop after abortJob: cut the source qemu's "
+            f"connections to {self.opts.migrate_address} "
+            f"({', '.join(done) if done else 'none were open'})"
+        )
+
     def _set_downtime(self, dom: Any, quiet: bool, read_back: bool = False) -> bool:
         """migrateSetMaxDowntime; read back only before the job (during a migration
         virDomainMigrateGetMaxDowntime blocks until the job ends, libvirt 9.0)."""
@@ -1563,7 +1602,7 @@ class Migration:
         # abortJob may not answer), so it reports by timeout + ABORT_GRACE whatever happens.
         hard_deadline = deadline + ABORT_GRACE
         downtime_thread: threading.Thread | None = None
-        timed_out = False
+        timed_out = peer_lost = False
         aborts, attempts, abort_next = 0, 0, deadline
         box: dict[str, Any] = {}
 
@@ -1600,7 +1639,14 @@ class Migration:
                         if self.progress_cb is not None:
                             self.progress_cb(sample)
                 now = time.monotonic()
-                if now > deadline and now >= abort_next:
+                if not peer_lost and self._peer_lost():
+                    # The destination stopped answering: the job cannot finish; abort now
+                    # rather than at the timeout (the stream may wait for TCP, or forever).
+                    peer_lost = True
+                    if now < deadline:
+                        deadline = abort_next = now
+                        hard_deadline = now + ABORT_GRACE
+                if now >= deadline and now >= abort_next:
                     # Sent again every ABORT_REPEAT s while the job lives: libvirt 9.0
                     # accepts an abort during the NBD disk-mirror phase and then starts the
                     # memory phase anyway (seen on the lab), so one accepted abortJob is not
@@ -1614,18 +1660,28 @@ class Migration:
                     elif not aborts and attempts == 1:
                         self.warnings.append(f"{self.label}: abortJob failed (retrying): "
                                              f"{error or 'no answer'}")  # fmt: skip
-                    if attempts == ABORTS_BEFORE_KILL:
+                    if attempts == ABORTS_BEFORE_KILL and not peer_lost:
                         self._kill_incoming()
+                    if attempts == (ABORTS_BEFORE_KILL if peer_lost else ABORTS_BEFORE_CUT):
+                        self._cut_streams()
         finally:
             sampler.stop()
         if worker.is_alive():
             return MigrationError(
                 f"{self.label}: the migration job did not end within "
-                f"{self.opts.timeout + ABORT_GRACE:.0f} s, even after abortJob",
+                f"{hard_deadline - started:.0f} s, even after abortJob"
+                + (" (the destination had stopped answering)" if peer_lost else ""),
                 phase="migrate",
             )
         if "error" in box:
             exc = box["error"]
+            if peer_lost:
+                return MigrationError(
+                    f"{self.label}: migration failed: the destination stopped answering "
+                    f"(no keepalive answer for {KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1)} s: "
+                    f"link cut or host down) and the job was aborted ({exc})",
+                    phase="migrate",
+                )
             if timed_out:
                 return MigrationError(
                     f"{self.label}: the migration exceeded the timeout of "
@@ -2325,6 +2381,19 @@ def _migrate(
     job = Migration(
         src_conn, dst_conn, dst_uri, name, opts=opts, progress=progress, check_mode=check_mode
     )
+    try:
+        return _migrate_job(job, mode, progress)
+    except MigrationError as exc:
+        # what the job did before it failed (aborts, cut streams, cleanup) is reported too
+        exc.details["warnings"] = job.warnings + exc.details.get("warnings", [])
+        raise
+
+
+def _migrate_job(
+    job: Migration, mode: str, progress: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
+    src_conn, dst_conn, name, opts, check_mode = (job.src, job.dst, job.name, job.opts,
+                                                  job.check_mode)  # fmt: skip
     dom = lookup_domain(src_conn, name)
     dst_dom = lookup_domain(dst_conn, name)
     if dom is None:
@@ -2516,6 +2585,7 @@ def run_vm_migrate(
                 result = migrate(src_conn, dst_uri, name, wanted_mode, options=opts,
                                  check_mode=check_mode, progress=reporter)  # fmt: skip
         except MigrationError as exc:
+            exc.details["warnings"] = warnings + exc.details.get("warnings", [])
             exc.details.setdefault("destination", destination)
             exc.details.setdefault("destination_uri", dst_uri)
             exc.details.setdefault("encryption", encryption)

@@ -31,6 +31,7 @@ CLONE_NEWNET = 0x40000000
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
 NLM_F_DUMP_INTR = 0x10
 NLM_F_DUMP = 0x300
 RTM_NEWNSID = 88
@@ -257,9 +258,9 @@ def open_socket_in(path: str) -> socket.socket:
         os.close(own)
 
 
-def open_socket() -> socket.socket:
-    """A route netlink socket in the calling thread's current network namespace."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+def open_socket(protocol: int = NETLINK_ROUTE) -> socket.socket:
+    """A netlink socket (route by default) in the calling thread's network namespace."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
         sock.bind((0, 0))
     except OSError:
@@ -273,7 +274,12 @@ def request(
 ) -> bytes:
     """A request of ``kind``: its header with ``family`` (other fields 0), then ``attrs``."""
     body = kind.header.pack(family, *([0] * (len(kind.fields) - 1))) + attrs
-    return _NLMSG.pack(_NLMSG.size + len(body), kind.request, NLM_F_REQUEST | flags, seq, 0) + body
+    return message(kind.request, NLM_F_REQUEST | flags, seq, body)
+
+
+def message(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
+    """A netlink message: its header, then ``body``."""
+    return _NLMSG.pack(_NLMSG.size + len(body), msg_type, flags, seq, 0) + body
 
 
 def dump(sock: socket.socket, what: str, family: int = 0, seq: int = 1) -> list[Message]:
@@ -281,6 +287,11 @@ def dump(sock: socket.socket, what: str, family: int = 0, seq: int = 1) -> list[
     namespace, of one address family (0: all; the kernel filters)."""
     kind = KINDS[what]
     sock.send(request(kind, family, seq))
+    return read_dump(sock, kind, seq, what)
+
+
+def read_dump(sock: socket.socket, kind: Kind, seq: int, what: str) -> list[Message]:
+    """The messages answering the dump request ``seq`` (of ``kind``), read to its end."""
     messages: list[Message] = []
     interrupted = False
     for _batch in range(1_000_000):  # a dump ends with NLMSG_DONE; bounded all the same
@@ -293,6 +304,25 @@ def dump(sock: socket.socket, what: str, family: int = 0, seq: int = 1) -> list[
                 raise DumpInterrupted(errno.EAGAIN, f"the kernel interrupted the {what} dump")
             return messages
     raise RtnlError(errno.EOVERFLOW, "a netlink dump did not end")
+
+
+def acknowledged(sock: socket.socket, seq: int) -> None:
+    """Waits for the kernel's answer to request ``seq`` sent with NLM_F_ACK (an
+    NLMSG_ERROR message); raises its error, returns on success."""
+    for _attempt in range(1000):  # the answer, after anything left of an earlier request
+        data = _receive(sock)
+        offset = 0
+        while offset + _NLMSG.size <= len(data):
+            length, msg_type, _flags, msg_seq, _pid = _NLMSG.unpack_from(data, offset)
+            if length < _NLMSG.size or offset + length > len(data):
+                raise RtnlError(errno.EBADMSG, "truncated netlink message in an answer")
+            if msg_seq == seq and msg_type == NLMSG_ERROR:
+                code = -_ERRNO.unpack_from(data, offset + _NLMSG.size)[0]
+                if code:
+                    raise RtnlError(code, os.strerror(code))
+                return
+            offset += (length + 3) & ~3
+    raise RtnlError(errno.ENOMSG, "no answer to a netlink request")
 
 
 def _receive(sock: socket.socket) -> bytes:

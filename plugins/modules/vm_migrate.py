@@ -44,6 +44,12 @@ description:
   - While a live migration runs, its job statistics are sampled every second into
     RV(progress); past O(timeout) the job is aborted. After it the completed job statistics
     (downtime, time, bytes) are read on the destination.
+  - A destination that stops answering (link cut, host down - the keepalive of the module's
+    connection to its libvirtd fails, after about 20 seconds) aborts the job at once. A job
+    that abortJob does not stop (its stream waits in qemu for the silent peer, which TCP
+    ends after about 15 minutes or never) has the source qemu's TCP connections to the
+    destination destroyed (sock_diag C(SOCK_DESTROY), as C(ss -K)), so it fails and the VM
+    runs on at the source; this needs a kernel with C(CONFIG_INET_DIAG_DESTROY).
   - A migration that fails before cutover leaves the domain running on the source (libvirt
     keeps it running for live modes, the module checks it and resumes a paused source; for
     cold the module restarts it), and removes what it created on the destination (the
@@ -501,6 +507,8 @@ def main() -> None:
     try:
         result = run_vm_migrate(module.params, module.check_mode, module._diff)
     except MigrationError as exc:
+        for warning in exc.details.pop("warnings", []):
+            module.warn(warning)
         module.fail_json(msg=str(exc), **exc.details)
     for warning in result.pop("warnings", []):
         module.warn(warning)

@@ -4,7 +4,9 @@ completed-stats parsing, the polling loop and the volume stream against fakes.""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -452,6 +454,115 @@ def test_stalled_libvirt_calls_cannot_stretch_the_job_loop(fake_libvirt, monkeyp
     assert migration.samples == []  # no reading ever came back
     assert "kill" in migration.warnings  # after ABORTS_BEFORE_KILL unanswered aborts
     assert any("abortJob failed (retrying): no answer" in w for w in migration.warnings)
+
+
+class DeafDomain(FakeDomain):
+    """A job stuck in a stream to a silent peer: abortJob is accepted and changes nothing
+    (libvirt 9.0 during the disk mirror); it fails once its streams are cut."""
+
+    def __init__(self) -> None:
+        super().__init__(60)
+        self.cut = threading.Event()
+        self.aborts = 0
+
+    def migrateToURI3(self, uri, params, flags):
+        self.started = time.monotonic()
+        if self.cut.wait(30):
+            raise FakeLibvirtError("operation failed: migration of disk vda failed: "
+                                   "Software caused connection abort")  # fmt: skip
+        return 0
+
+    def abortJob(self):
+        self.aborts += 1
+
+
+class Peer:
+    """The destination connection: closed by keepalive ``lost_after`` s after creation."""
+
+    def __init__(self, lost_after: float) -> None:
+        self.lost_at = time.monotonic() + lost_after
+
+    def isAlive(self) -> int:
+        return int(time.monotonic() < self.lost_at)
+
+
+def deaf_job(monkeypatch, timeout: float, dst) -> tuple[lm.Migration, DeafDomain, list]:
+    monkeypatch.setattr(lm, "ABORT_REPEAT", 0.05)
+    opts = lm.MigrateOptions(timeout=timeout, poll_interval=0.02, max_downtime_ms=30)
+    migration = lm.Migration(object(), dst, "qemu+tcp://d/system", "vm1", opts=opts)
+    dom = DeafDomain()
+    calls: list[str] = []
+    monkeypatch.setattr(migration, "_kill_incoming", lambda: calls.append("kill"))
+
+    def cut() -> None:
+        calls.append("cut")
+        dom.cut.set()
+
+    monkeypatch.setattr(migration, "_cut_streams", cut)
+    return migration, dom, calls
+
+
+def test_a_silent_destination_ends_the_job_long_before_the_timeout(fake_libvirt, monkeypatch):
+    """Keepalive closed the destination connection: abortJob at once, and with nothing
+    to destroy on the destination, the streams cut after ABORTS_BEFORE_KILL aborts."""
+    migration, dom, calls = deaf_job(monkeypatch, 60, Peer(0.3))
+    started = time.monotonic()
+    error = migration._run_job(dom, {}, 0, started)
+    assert 0.3 <= time.monotonic() - started < 5
+    assert calls == ["cut"] and dom.aborts == lm.ABORTS_BEFORE_KILL
+    assert "migration failed: the destination stopped answering" in str(error)
+    assert "link cut or host down" in str(error) and "connection abort" in str(error)
+
+
+def test_a_job_past_its_timeout_that_ignores_abort_has_its_streams_cut(fake_libvirt,
+                                                                       monkeypatch):  # fmt: skip
+    migration, dom, calls = deaf_job(monkeypatch, 0.3, Peer(60))
+    error = migration._run_job(dom, {}, 0, time.monotonic())
+    assert calls == ["kill", "cut"] and dom.aborts == lm.ABORTS_BEFORE_CUT
+    assert "timeout of 0.3 s" in str(error) and "stopped answering" not in str(error)
+
+
+def test_cut_streams_destroys_the_qemu_process_connections(monkeypatch, tmp_path):
+    """The real cut: the 'qemu' is this process (its pid file in a stand-in directory),
+    its connection to the destination address is destroyed, the warning names it."""
+    monkeypatch.setattr(lm, "QEMU_PID_DIR", str(tmp_path))
+    (tmp_path / "vm1.pid").write_text(f"{os.getpid()}\n")
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname(), timeout=5)
+    peer, _address = server.accept()
+    try:
+        migration = lm.Migration(object(), object(), "qemu+tcp://d/system", "vm1",
+                                 opts=lm.MigrateOptions(migrate_address="127.0.0.1"))  # fmt: skip
+        migration._cut_streams()
+        [warning] = migration.warnings
+        assert f"127.0.0.1:{client.getsockname()[1]} -> 127.0.0.1" in warning or (
+            f"-> 127.0.0.1:{client.getsockname()[1]}" in warning
+        ), warning
+        with pytest.raises((ConnectionAbortedError, ConnectionResetError)):
+            client.recv(1)
+        (tmp_path / "vm1.pid").unlink()
+        migration._cut_streams()
+        assert "could not be cut" in migration.warnings[1]
+    finally:
+        for sock in (server, client, peer):
+            sock.close()
+
+
+def test_a_failed_migration_reports_what_the_job_did(fake_libvirt, monkeypatch):
+    """The job's warnings (aborts, cut streams, cleanup) go with the MigrationError, so
+    that the module's failure shows them (fail_json warnings)."""
+
+    def failing(job, mode, progress):
+        job.warnings.append("VM vm1: the job did not stop after abortJob: cut ...")
+        raise lm.MigrationError("VM vm1: migration failed: boom", phase="migrate")
+
+    monkeypatch.setattr(lm, "_migrate_job", failing)
+    with pytest.raises(lm.MigrationError) as caught:
+        lm._migrate(object(), object(), "qemu+tcp://d/system", "vm1", mode="live",
+                    opts=lm.MigrateOptions(), progress=None, check_mode=False)  # fmt: skip
+    assert caught.value.details["warnings"] == [
+        "VM vm1: the job did not stop after abortJob: cut ..."
+    ]
 
 
 def test_abort(fake_libvirt):
