@@ -1602,7 +1602,7 @@ class Migration:
         # abortJob may not answer), so it reports by timeout + ABORT_GRACE whatever happens.
         hard_deadline = deadline + ABORT_GRACE
         downtime_thread: threading.Thread | None = None
-        timed_out = peer_lost = False
+        timed_out = peer_lost = cut = False
         aborts, attempts, abort_next = 0, 0, deadline
         box: dict[str, Any] = {}
 
@@ -1662,7 +1662,9 @@ class Migration:
                                              f"{error or 'no answer'}")  # fmt: skip
                     if attempts == ABORTS_BEFORE_KILL and not peer_lost:
                         self._kill_incoming()
-                    if attempts == (ABORTS_BEFORE_KILL if peer_lost else ABORTS_BEFORE_CUT):
+                    if not cut and attempts >= (ABORTS_BEFORE_KILL if peer_lost
+                                                else ABORTS_BEFORE_CUT):  # fmt: skip
+                        cut = True  # once (the peer may be found lost after the timeout)
                         self._cut_streams()
         finally:
             sampler.stop()
