@@ -193,9 +193,9 @@ def decode_attrs(data: bytes | memoryview, offset: int, end: int, attrs: AttrMap
 
 
 def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool, bool]:
-    """The messages of one receive buffer that answer request ``seq``, whether the dump
-    ended (NLMSG_DONE) and whether the kernel flagged it interrupted; messages of another
-    request are skipped."""
+    """The messages of one receive buffer that answer request ``seq``, whether the answer
+    ended (NLMSG_DONE, or the acknowledgement of a request sent with NLM_F_ACK) and whether
+    the kernel flagged it interrupted; messages of another request are skipped."""
     messages: list[Message] = []
     interrupted = False
     offset = 0
@@ -214,6 +214,7 @@ def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool, bool
             code = -_ERRNO.unpack_from(data, body)[0]
             if code:
                 raise RtnlError(code, os.strerror(code))
+            return messages, True, interrupted  # acknowledged
         elif msg_type == kind.answer:
             values = kind.header.unpack_from(data, body)
             attrs = decode_attrs(data, body + kind.header.size, offset + length, kind.attrs)
@@ -306,22 +307,16 @@ def read_dump(sock: socket.socket, kind: Kind, seq: int, what: str) -> list[Mess
     raise RtnlError(errno.EOVERFLOW, "a netlink dump did not end")
 
 
+_NO_ANSWER = Kind(0, 0, "", (), {})  # a request the kernel answers by its acknowledgement
+
+
 def acknowledged(sock: socket.socket, seq: int) -> None:
     """Waits for the kernel's answer to request ``seq`` sent with NLM_F_ACK (an
     NLMSG_ERROR message); raises its error, returns on success."""
     for _attempt in range(1000):  # the answer, after anything left of an earlier request
-        data = _receive(sock)
-        offset = 0
-        while offset + _NLMSG.size <= len(data):
-            length, msg_type, _flags, msg_seq, _pid = _NLMSG.unpack_from(data, offset)
-            if length < _NLMSG.size or offset + length > len(data):
-                raise RtnlError(errno.EBADMSG, "truncated netlink message in an answer")
-            if msg_seq == seq and msg_type == NLMSG_ERROR:
-                code = -_ERRNO.unpack_from(data, offset + _NLMSG.size)[0]
-                if code:
-                    raise RtnlError(code, os.strerror(code))
-                return
-            offset += (length + 3) & ~3
+        _messages, done, _cut = decode(_receive(sock), _NO_ANSWER, seq)
+        if done:
+            return
     raise RtnlError(errno.ENOMSG, "no answer to a netlink request")
 
 

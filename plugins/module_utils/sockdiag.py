@@ -32,15 +32,17 @@ SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
 ALL_STATES = 0xFFFFFFFF
 TCP_LISTEN = 10
-# struct inet_diag_req_v2: family, protocol, ext, pad, states, then struct inet_diag_sockid:
-# sport and dport (big endian), src and dst (16 bytes each), interface, cookie (2 x u32)
-_REQUEST = struct.Struct("=BBBxI2s2s16s16sI8s")
+# struct inet_diag_sockid: sport and dport (big endian), src and dst (16 bytes each),
+# interface, cookie (2 x u32)
+_SOCKID = "2s2s16s16sI8s"
+# struct inet_diag_req_v2: family, protocol, ext, pad, states, the sockid
+_REQUEST = struct.Struct("=BBBxI" + _SOCKID)
 # struct inet_diag_msg: family, state, timer, retrans, the sockid, expires, rqueue, wqueue,
 # uid, inode
 _TCP = rtnl.Kind(
     SOCK_DIAG_BY_FAMILY,
     SOCK_DIAG_BY_FAMILY,
-    "BBBB2s2s16s16sI8sIIIII",
+    "BBBB" + _SOCKID + "IIIII",
     ("family", "state", "timer", "retrans", "sport", "dport", "src", "dst", "iface",
      "cookie", "expires", "rqueue", "wqueue", "uid", "inode"),
     {},
