@@ -522,10 +522,10 @@ def exec_in(host: str, *cmd: str, check: bool = True) -> subprocess.CompletedPro
     return podman("exec", host, *cmd, check=check)
 
 
-def wait_ready(topo: Topology, timeout: float = READY_TIMEOUT) -> dict[str, str]:
-    """Wait until libvirtd answers in every host; return their libvirt versions."""
+def wait_ready(topo: Topology, timeout: float = READY_TIMEOUT) -> dict[str, tuple[str, str]]:
+    """Wait until libvirtd answers in every host; return their libvirt and QEMU versions."""
     deadline = time.monotonic() + timeout
-    versions: dict[str, str] = {}
+    versions: dict[str, tuple[str, str]] = {}
     pending = list(topo.host_names)
     while pending:
         for name in list(pending):
@@ -534,8 +534,12 @@ def wait_ready(topo: Topology, timeout: float = READY_TIMEOUT) -> dict[str, str]
             )
             if proc.returncode == 0:
                 text = proc.stdout.decode()
-                match = re.search(r"Running against daemon: (\S+)", text)
-                versions[name] = match.group(1) if match else "?"
+                daemon = re.search(r"Running against daemon: (\S+)", text)
+                qemu = re.search(r"Running hypervisor: QEMU (\S+)", text)
+                versions[name] = (
+                    daemon.group(1) if daemon else "?",
+                    qemu.group(1) if qemu else "?",
+                )
                 pending.remove(name)
         if not pending:
             break
@@ -556,14 +560,15 @@ def shape_links(topo: Topology) -> None:
                 exec_in(host.name, *cmd)
 
 
-def print_hosts(topo: Topology, versions: dict[str, str] | None = None) -> None:
-    print(f"{'host':<10} {'cloud':<9} {'underlay (eth0)':<17} {'wan (eth1)':<14} libvirt  state")
+def print_hosts(topo: Topology, versions: dict[str, tuple[str, str]] | None = None) -> None:
+    print(f"{'host':<10} {'cloud':<9} {'underlay (eth0)':<17} {'wan (eth1)':<14} "
+          f"{'libvirt':<8} {'qemu':<8} state")  # fmt: skip
     for host in topo.hosts:
         state = container_state(host.name)
         status = "absent" if state is None else state["State"]["Status"]
-        version = (versions or {}).get(host.name, "-")
+        libvirt, qemu = (versions or {}).get(host.name, ("-", "-"))
         print(f"{host.name:<10} {host.cloud:<9} {host.underlay_ip!s:<17} {host.wan_ip!s:<14} "
-              f"{version:<8} {status}")  # fmt: skip
+              f"{libvirt:<8} {qemu:<8} {status}")  # fmt: skip
     print(f"WAN {topo.wan.subnet} shaped to {topo.wan.rate or 'unlimited'} (tc htb); shared "
           f"directory {STATE_DIR / 'shared'} at {topo.shared_dir} in every host")  # fmt: skip
 

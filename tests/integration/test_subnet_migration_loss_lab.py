@@ -292,6 +292,11 @@ def test_subnet_moves_losing_at_most_a_few_pings_per_vm(env, hosts):
             assert res["lost"] <= loss_bound(downtime[vm]), "\n".join(report)
     if crashed:
         assert row["error"] and all(f"{TENANT}/{vm}" in row["error"] for vm in crashed), row
+    # The lab's QEMU (>= 9.0, lab/node/backports.txt) keeps every write of a TCG guest during
+    # the memory copy; with Debian 12's 7.2 about 3% of moves under this load crashed the
+    # guest on its destination (docs/migration.md). A reset is a failure again.
+    why = f"guest(s) {crashed} reset on the destination: {row['error']}"
+    assert not crashed, "\n".join([why, *report])
 
     # nothing of the subnet remains on cloud_a; its domains run on mcm-b1
     for name, host in (("mcm-a1", a1), ("mcm-a2", a2)):
@@ -326,11 +331,6 @@ def test_subnet_moves_losing_at_most_a_few_pings_per_vm(env, hosts):
     log = console("mcm-b1", f"{TENANT}-p1", "tail -n 5 /var/log/udhcpc.log")[0]["out"]
     assert renewed is not None and renewed > before, (before, renewed, log)
     assert f"lease of {VMS['p1']} obtained" in log, log
-    if crashed:
-        # Everything this collection controls held (network, DHCP, ledger, detection), but
-        # a guest lost its state: qemu under TCG (docs/migration.md). Visible as xfailed.
-        pytest.xfail(f"guest(s) {crashed} reset on the destination after the live migration "
-                     f"(qemu TCG), reported in the ledger: {row['error']}")  # fmt: skip
 
 
 def test_loss_bound_counts_the_pause_in_pings():
