@@ -147,6 +147,13 @@ ABORTS_BEFORE_KILL = 3
 # there is nothing to destroy there, so the cut comes at ABORTS_BEFORE_KILL.
 ABORTS_BEFORE_CUT = 6
 QEMU_PID_DIR = "/run/libvirt/qemu"  # libvirt's system driver: NAME.pid of each running domain
+# QEMU before 9.0 under TCG (domain type "qemu", no KVM) can lose guest memory writes in a
+# live migration's memory copy: the dirty bitmap sync's fast path cleared the migration
+# bits without re-arming the TCG TLB's write tracking, so stores through TLB entries made
+# before the sync were never sent (fixed upstream by commit 03bfc2188f06, "physmem: Fix
+# migration dirty bitmap coherency with TCG memory access", in 9.0.0; not in Debian 12's
+# 7.2). KVM tracks dirty pages in the kernel and is not affected.
+TCG_DIRTY_TRACKING_FIXED = (9, 0, 0)
 # After a failure the destination is cleaned over a connection that answers: the first one
 # may be dead (its libvirtd was killed: a new one is opened once libvirtd is back) or hang
 # (the link is cut: every call waits for TCP to give up, about 15 min). So the cleanup is
@@ -343,6 +350,35 @@ def tls_preflight(source: str, paths: Iterable[str] = TLS_CLIENT_FILES) -> None:
             phase="preflight",
             missing_files=missing,
         )
+
+
+def hypervisor_version(conn: Any) -> tuple[int, int, int] | None:
+    """The hypervisor's (QEMU's) version behind a libvirt connection, None if unknown."""
+    try:
+        value = int(conn.getVersion())
+    except (_lverr(), TypeError, ValueError):
+        return None
+    return value // 1_000_000, value // 1000 % 1000, value % 1000
+
+
+def tcg_live_risk(domain_xml: str, version: tuple[int, int, int] | None) -> str | None:
+    """Why a live migration of this domain can corrupt its guest on this source, or None.
+
+    Only a TCG guest (domain type ``qemu``) on a QEMU before 9.0 is at risk (see
+    TCG_DIRTY_TRACKING_FIXED); an unknown version is not reported.
+    """
+    if ET.fromstring(domain_xml).get("type") != "qemu" or version is None:
+        return None
+    if version >= TCG_DIRTY_TRACKING_FIXED:
+        return None
+    found = ".".join(str(part) for part in version)
+    return (
+        f"the source runs the guest under TCG (domain type qemu, no KVM) with QEMU {found}: "
+        "before QEMU 9.0 a live migration of a TCG guest can lose memory the guest writes "
+        "during the copy (QEMU commit 03bfc2188f06), and the guest may then crash on its "
+        "destination; upgrade QEMU on the source to 9.0 or later, run the guest under "
+        "KVM, or migrate it with mode=cold"
+    )
 
 
 def migration_params(
@@ -718,8 +754,8 @@ class GuestResetWatch:
 
     Registered before a live migration starts and read after it ended: a guest that
     resets (its kernel panicked: ``panic=`` reboots it) or crashes on the destination
-    right after the cutover lost its state even though libvirt reports success. qemu's
-    memory pre-copy under TCG has been seen to do this (docs/migration.md). Needs the
+    right after the cutover lost its state even though libvirt reports success. QEMU
+    before 9.0 does this to TCG guests (TCG_DIRTY_TRACKING_FIXED, docs/migration.md). Needs the
     event loop (``event_loop``); without it ``active`` is False and nothing is watched."""
 
     def __init__(self, conn: Any, name: str) -> None:
@@ -1516,8 +1552,8 @@ class Migration:
             self.warnings.append(
                 f"{self.label}: the guest {'was reset' if event['event'] == 'reset' else 'crashed'}"
                 f" on the destination {when}: it lost its running state (a guest kernel panic? "
-                "see its console log); under TCG qemu's memory pre-copy has been seen to do "
-                "this (docs/migration.md)"
+                "see its console log); QEMU before 9.0 does this to TCG guests "
+                "(docs/migration.md)"
             )
         return events
 
@@ -2431,6 +2467,10 @@ def _migrate_job(
                                  opts.shared_paths, opts.relayout())  # fmt: skip
     plan = job.plan(chosen, reason, dom, disks)
     job.preflight(chosen, disks)
+    if chosen in MODE_FLAGS and dom.isActive():
+        risk = tcg_live_risk(xml, hypervisor_version(src_conn))
+        if risk is not None:
+            job.warnings.append(f"{job.label}: {risk}")
     if chosen == "cold" and opts.relayout():
         plan["relayout"] = job.relayout_plan()
     result: dict[str, Any] = {

@@ -132,7 +132,7 @@ options:
         reset or crash (libvirt's reboot and crashed events, also seen during the job); each
         one is returned in RV(guest_resets) and warned about. 0 does not watch.
       - A guest that resets right after its cutover lost its running state although libvirt
-        reports success; under TCG qemu's memory pre-copy has been seen to cause it.
+        reports success; QEMU before 9.0 causes it for TCG guests (see the notes).
     type: float
     default: 3
   bandwidth_mib:
@@ -259,6 +259,10 @@ notes:
     parseable. The background job may run for O(timeout) + O(shutdown_timeout) + 120 seconds
     before it is killed; the task waits 30 seconds more for its result and then fails,
     naming the job.
+  - A live migration (also in check mode) warns when the domain runs under TCG (domain type
+    C(qemu), no KVM) on a source whose QEMU is older than 9.0 - such a QEMU can lose memory
+    the guest writes during the copy (QEMU commit 03bfc2188f06), and the guest may crash on
+    its destination. Upgrade QEMU on the source, run the guest under KVM, or use V(cold).
   - For V(cold) the checksum is taken over each volume's bytes as stored (holes read as
     zeros) - for a raw volume exactly what the guest sees, for a qcow2 volume its image file
     (the guest's data plus qcow2 metadata; its backing image is not copied). A disk converted

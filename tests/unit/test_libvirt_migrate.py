@@ -1049,3 +1049,108 @@ def test_source_disks_left_names_host_and_path():
     result = {"item": {"source": "mcm-a1"}, "source_disks_left": ["/v/t-a.qcow2", "/v/t-b.raw"]}
     assert source_disks_left(result) == ["mcm-a1:/v/t-a.qcow2", "mcm-a1:/v/t-b.raw"]
     assert source_disks_left({"item": {"source": "mcm-a1"}}) == []
+
+
+# --------------------------------------------------------------------------- TCG + QEMU < 9.0
+
+
+class _VersionConn:
+    def __init__(self, version: object) -> None:
+        self.version = version
+
+    def getVersion(self) -> object:
+        if isinstance(self.version, Exception):
+            raise self.version
+        return self.version
+
+
+def test_hypervisor_version(fake_libvirt):
+    assert lm.hypervisor_version(_VersionConn(7_002_022)) == (7, 2, 22)
+    assert lm.hypervisor_version(_VersionConn(10_000_002)) == (10, 0, 2)
+    assert lm.hypervisor_version(_VersionConn(FakeLibvirtError("no driver"))) is None
+
+
+TCG_XML = "<domain type='qemu'><name>vm1</name><devices/></domain>"
+
+
+@pytest.mark.parametrize(
+    ("xml", "version", "at_risk"),
+    [
+        (TCG_XML, (7, 2, 22), True),
+        (TCG_XML, (8, 2, 9), True),
+        (TCG_XML, (9, 0, 0), False),  # the first release with the fix
+        (TCG_XML, (10, 0, 2), False),
+        (TCG_XML, None, False),  # unknown: not reported
+        (TCG_XML.replace("'qemu'", "'kvm'"), (7, 2, 22), False),  # KVM tracks in the kernel
+    ],
+)
+def test_tcg_live_risk(xml, version, at_risk):
+    risk = lm.tcg_live_risk(xml, version)
+    assert (risk is not None) == at_risk
+    if at_risk:
+        assert f"QEMU {'.'.join(map(str, version))}" in risk
+        assert "mode=cold" in risk and "03bfc2188f06" in risk
+
+
+class _NoDomain(FakeLibvirtError):
+    def get_error_code(self) -> int:
+        return 42  # VIR_ERR_NO_DOMAIN
+
+
+class _TcgDomain:
+    """A running disk-less TCG domain with no job (auto mode chooses live for it)."""
+
+    def __init__(self, domain_type: str) -> None:
+        self.xml = TCG_XML.replace("'qemu'", f"'{domain_type}'")
+
+    def UUIDString(self) -> str:
+        return "6d0f5e0e-3c1c-4a55-9d0e-000000000001"
+
+    def isActive(self) -> int:
+        return 1
+
+    def XMLDesc(self, _flags: int) -> str:
+        return self.xml
+
+    def jobStats(self, _flags: int) -> dict:
+        return {"type": 0}
+
+    def info(self) -> list[int]:
+        return [1, 131072, 131072, 1, 0]
+
+    def state(self) -> list[int]:
+        return [1, 1]  # running
+
+
+class _TcgConn(_VersionConn):
+    def __init__(self, version: object, domain: _TcgDomain | None) -> None:
+        super().__init__(version)
+        self.domain = domain
+
+    def lookupByName(self, _name: str) -> _TcgDomain:
+        if self.domain is None:
+            raise _NoDomain("no domain")
+        return self.domain
+
+    def lookupByUUIDString(self, _uuid: str) -> _TcgDomain:
+        raise _NoDomain("no domain")
+
+
+@pytest.mark.parametrize(("domain_type", "version", "warned"),
+                         [("qemu", 7_002_022, True), ("qemu", 10_000_002, False),
+                          ("kvm", 7_002_022, False)])  # fmt: skip
+def test_live_plan_warns_of_tcg_on_old_qemu(fake_libvirt, monkeypatch, domain_type, version,
+                                            warned):  # fmt: skip
+    from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm
+
+    monkeypatch.setattr(libvirt_vm, "libvirt", fake_libvirt)
+    src = _TcgConn(version, _TcgDomain(domain_type))
+    dst = _TcgConn(10_000_002, None)
+    result = lm.migrate(src, "qemu+tcp://192.0.2.1/system", "vm1", "auto", dst_conn=dst,
+                        options=lm.MigrateOptions(encryption="none"), check_mode=True)  # fmt: skip
+    assert result["mode"] == "live"
+    tcg = [w for w in result["warnings"] if "TCG" in w]
+    assert bool(tcg) == warned, result["warnings"]
+    if warned:
+        assert tcg[0].startswith("VM vm1: the source runs the guest under TCG")
+        assert "QEMU 7.2.22" in tcg[0]
