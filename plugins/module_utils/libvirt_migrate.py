@@ -609,10 +609,28 @@ def qemu_img_formats(binary: str = QEMU_IMG) -> list[str]:
         return []
     proc = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30,
                           check=False)  # fmt: skip
-    for line in proc.stdout.splitlines():
-        if line.startswith("Supported formats:"):
-            return line.split(":", 1)[1].split()
-    return []
+    return parse_qemu_img_formats(proc.stdout)
+
+
+def parse_qemu_img_formats(text: str) -> list[str]:
+    """The formats of ``qemu-img --help``: one line ``Supported formats: a b`` up to QEMU 8,
+    an indented block after ``Supported image formats:`` (and a blank line) since 9."""
+    lines = iter(text.splitlines())
+    for line in lines:
+        if line.startswith(("Supported formats:", "Supported image formats:")):
+            formats = line.split(":", 1)[1].split()
+            break
+    else:
+        return []
+    for line in lines:
+        if not line.strip():
+            if formats:
+                break
+            continue
+        if not line[:1].isspace():
+            break
+        formats.extend(line.split())
+    return formats
 
 
 def qemu_img_convert_argv(src: str, src_fmt: str, dst: str, dst_fmt: str) -> list[str]:

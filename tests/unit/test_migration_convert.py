@@ -331,3 +331,34 @@ def test_the_checksum_record_of_a_copy_and_of_a_conversion():
     assert raw["source"] == "bb" and not raw["match"] and raw["content"] == "guest"
     assert (raw["source_format"], raw["destination_format"]) == ("qcow2", "raw")
     assert raw["destination_path"] == "/pool/vm1.raw" and raw["bytes"] == 8192
+
+
+QEMU_IMG_HELP_7 = """usage: qemu-img [standard options] command [command options]
+  snapshot - List or manipulate snapshots within image
+
+Supported formats: blkdebug file qcow2 raw vdi vhdx vmdk vpc
+
+See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
+"""
+QEMU_IMG_HELP_10 = """Usage: qemu-img [standard options] COMMAND [--help | command options]
+  snapshot - List or manipulate snapshots within image
+
+Supported image formats:
+
+  blkdebug blklogwrites blkverify bochs cloop compress copy-before-write
+  qcow2 qed quorum raw rbd replication snapshot-access ssh throttle vdi vhdx
+  vmdk vpc vvfat
+
+See <https://qemu.org/contribute/report-a-bug> for how to report bugs.
+More information on the QEMU project at <https://qemu.org>.
+"""
+
+
+def test_qemu_img_formats_of_both_help_layouts():
+    """QEMU 7.2 lists the formats on one line, QEMU 10 in an indented block."""
+    old = lm.parse_qemu_img_formats(QEMU_IMG_HELP_7)
+    assert old == ["blkdebug", "file", "qcow2", "raw", "vdi", "vhdx", "vmdk", "vpc"]
+    new = lm.parse_qemu_img_formats(QEMU_IMG_HELP_10)
+    assert new[:2] == ["blkdebug", "blklogwrites"] and new[-3:] == ["vmdk", "vpc", "vvfat"]
+    assert {"qcow2", "raw", "vhdx"} <= set(new) and "See" not in new and len(new) == 21
+    assert lm.parse_qemu_img_formats("qemu-img: unknown option\n") == []
