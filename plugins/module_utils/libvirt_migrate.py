@@ -355,8 +355,8 @@ def tls_preflight(source: str, paths: Iterable[str] = TLS_CLIENT_FILES) -> None:
 def hypervisor_version(conn: Any) -> tuple[int, int, int] | None:
     """The hypervisor's (QEMU's) version behind a libvirt connection, None if unknown."""
     try:
-        value = int(conn.getVersion())
-    except (_lverr(), TypeError, ValueError):
+        value = conn.getVersion()
+    except _lverr():
         return None
     return value // 1_000_000, value // 1000 % 1000, value % 1000
 
