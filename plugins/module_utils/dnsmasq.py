@@ -24,7 +24,7 @@ upstream and never forwards a query; names of the network's domain are answered 
 
 Everything except ``SystemProcesses`` is pure Python (stdlib) and unit-testable;
 ``SystemProcesses`` runs on the host: it reads a namespace's links and addresses with
-``rtnl`` and enters a namespace to start dnsmasq with pyroute2 (0.7.2 or later).
+``rtnl`` and enters the namespace (``rtnl.setns``) in the child that execs dnsmasq.
 """
 
 from __future__ import annotations
@@ -578,7 +578,7 @@ class SystemProcesses:
         path = os.path.join(self.netns_dir, namespace)
         if not os.path.exists(path):
             raise DnsmasqError(name, f"network namespace {namespace!r} does not exist")
-        # two small dumps over a plain netlink socket (rtnl): no pyroute2 on a no-op run
+        # two small dumps over a plain netlink socket (rtnl)
         sock = rtnl.open_socket_in(path)
         try:
             indexes = [m["index"] for m in rtnl.dump(sock, "link", seq=1)
@@ -603,8 +603,6 @@ class SystemProcesses:
 
     def start(self, instance: Mapping[str, Any], directory: str) -> int:
         name, namespace = instance["name"], instance["namespace"]
-        from pyroute2 import netns
-
         pid_path = os.path.join(directory, PID)
         if os.path.exists(pid_path):
             os.unlink(pid_path)
@@ -614,7 +612,7 @@ class SystemProcesses:
             raise DnsmasqError(name, f"network namespace {namespace!r} does not exist") from None
 
         def enter_namespace() -> None:  # in the child, between fork and exec
-            netns.setns(ns_fd, flags=0)
+            rtnl.setns(ns_fd)
 
         argv = [self.dnsmasq, f"--conf-file={os.path.join(directory, CONF)}"]
         try:

@@ -23,7 +23,7 @@ description:
     re-reads them and keeps its leases); a stopped instance is started.
   - DNS never leaves the namespace. dnsmasq runs with C(no-resolv) and no upstream server,
     answers names of its domain and reserved hosts locally and refuses everything else.
-  - dnsmasq is started inside the namespace by entering it with pyroute2 before exec,
+  - dnsmasq is started inside the namespace by entering it (setns) between fork and exec,
     not through C(ip netns exec).
   - The module does not create namespaces, interfaces or addresses. The namespace, the
     interface in it and the server address on that interface must exist.
@@ -33,7 +33,6 @@ extends_documentation_fragment:
   - multicloud.migration._attributes
 requirements:
   - dnsmasq (Debian package C(dnsmasq-base)) on the managed host
-  - pyroute2 0.7.2 or later (Debian package C(python3-pyroute2)) on the managed host
   - root on the managed host (entering namespaces, signalling dnsmasq)
 notes:
   - When a reservation is removed or changed while its client holds a lease, the lease is
@@ -270,7 +269,7 @@ after:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.multicloud.migration.plugins.module_utils.dnsmasq import (
     STATES,
@@ -328,8 +327,6 @@ def main() -> None:
         )
     except DnsmasqError as exc:
         module.fail_json(msg=str(exc), instance=exc.instance, reason=exc.reason)
-    except ImportError as exc:
-        module.fail_json(msg=missing_required_lib("pyroute2"), exception=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"dnsmasq: {exc}", exception=traceback.format_exc())
 
