@@ -172,14 +172,19 @@ def format_progress_line(
     if percent is None:
         phase = PHASES.get(str(record.get("phase")), "waiting for the migration to start")
         return f"{head}: {phase}" + (f", {waited:.0f} s" if waited is not None else "")
-    parts = [f"{percent:.1f}%"]
     processed = _number(record.get("processed_bytes"))
     total = _number(record.get("total_bytes"))
-    parts.append(f"{_mib(processed)}/{_mib(total)} MiB")
-    rate = _number(record.get("rate_bps"))
-    parts.append(f"{_mib(rate)} MiB/s")
-    left = remaining_seconds(record)
-    parts.append(f"~{left:.0f} s left" if left is not None else "time left unknown")
+    if not total or total <= 0:
+        # libvirt's first job sample can come before it has sized the transfer (all 0)
+        parts = ["transfer starting, size not known yet"]
+        if processed and processed > 0:
+            parts.append(f"{_mib(processed)} MiB sent")
+    else:
+        parts = [f"{percent:.1f}%", f"{_mib(processed)}/{_mib(total)} MiB"]
+        rate = _number(record.get("rate_bps"))
+        parts.append(f"{_mib(rate)} MiB/s")
+        left = remaining_seconds(record)
+        parts.append(f"~{left:.0f} s left" if left is not None else "time left unknown")
     if iteration:
         parts.append(f"memory iteration {iteration:.0f}")
     elapsed = _number(record.get("elapsed_s"))

@@ -268,6 +268,15 @@ def test_progress_line_without_rate_or_sample():
     assert waiting == "h: v -> d: waiting for the migration to start, 2 s"
     starting = mp.format_progress_line("h", {"mode": "live", "phase": "starting"}, name="v")
     assert starting == "h: v -> ? (live): starting"
+    # libvirt's first sample, before the transfer is sized: no 0.0/0.0 MiB, no rate
+    unsized = {"elapsed_s": 2.0, "percent": 0.0, "processed_bytes": 0, "total_bytes": 0,
+               "remaining_bytes": 0, "rate_bps": 0, "memory_iteration": 0,
+               "mode": "live"}  # fmt: skip
+    assert mp.format_progress_line("a1", unsized, name="v", destination="b1") == (
+        "a1: v -> b1 (live): transfer starting, size not known yet, 2 s elapsed"
+    )
+    sent = mp.format_progress_line("a1", {**unsized, "processed_bytes": 3 * MIB}, name="v")
+    assert sent.endswith(": transfer starting, size not known yet, 3.0 MiB sent, 2 s elapsed")
 
 
 def test_disk_mirror_phase_gets_a_label_and_a_derived_rate():
