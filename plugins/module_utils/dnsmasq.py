@@ -638,6 +638,10 @@ class SystemProcesses:
                             f"dnsmasq did not start within {START_TIMEOUT:g}s", "", directory
                         ),
                     ) from None
+                except subprocess.SubprocessError as exc:  # the child's setns was refused
+                    raise DnsmasqError(
+                        name, f"cannot start dnsmasq inside namespace {namespace!r}: {exc}"
+                    ) from None
                 stderr.seek(0)
                 message = stderr.read().decode(errors="replace").strip()
         finally:

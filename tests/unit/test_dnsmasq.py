@@ -483,3 +483,21 @@ def test_log_tail(tmp_path):
     (tmp_path / "log").write_text("".join(f"line {i}\n" for i in range(100)))
     assert dnsmasq.log_tail(str(tmp_path), 3) == "line 97\nline 98\nline 99"
     assert dnsmasq.log_tail(str(tmp_path / "none")) == ""
+
+
+def test_start_reports_a_namespace_it_cannot_enter(tmp_path):
+    """The child that would exec dnsmasq cannot enter a file that is no namespace (setns
+    refuses it before exec, whoever runs the test): a DnsmasqError naming the namespace,
+    not a traceback; nothing is executed."""
+    (tmp_path / "netns").mkdir()
+    (tmp_path / "netns" / "qdhcp-acme.web").write_text("not a namespace\n")
+    marker = tmp_path / "ran"
+    fake = tmp_path / "dnsmasq"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    procs = dnsmasq.SystemProcesses(dnsmasq=str(fake), netns_dir=str(tmp_path / "netns"))
+    directory = tmp_path / "run"
+    directory.mkdir()
+    with pytest.raises(dnsmasq.DnsmasqError, match=r"inside namespace 'qdhcp-acme\.web'"):
+        procs.start(BASE, str(directory))
+    assert not marker.exists()
