@@ -12,19 +12,15 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from fake_libvirt import NO_DOMAIN, NO_STORAGE_POOL, LibvirtError
 
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_migrate as lm
 
 SHARED = ["/var/lib/mcm/shared"]
 
 
-class FakeLibvirtError(Exception):
-    def get_error_code(self) -> int:
-        return 0
-
-
 FAKE_LIBVIRT = SimpleNamespace(
-    libvirtError=FakeLibvirtError,
+    libvirtError=LibvirtError,
     VIR_MIGRATE_LIVE=1,
     VIR_MIGRATE_PEER2PEER=2,
     VIR_MIGRATE_PERSIST_DEST=8,
@@ -37,7 +33,7 @@ FAKE_LIBVIRT = SimpleNamespace(
     VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM=1,
     VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM=1,
     VIR_STREAM_RECV_STOP_AT_HOLE=1,
-    VIR_ERR_NO_DOMAIN=42,
+    VIR_ERR_NO_DOMAIN=NO_DOMAIN,
 )
 
 
@@ -370,12 +366,12 @@ class FakeDomain:
         self.call = (uri, params, flags)
         for _attempt in range(1000):
             if self.aborted:
-                raise FakeLibvirtError("operation aborted: migration out job: canceled by client")
+                raise LibvirtError("operation aborted: migration out job: canceled by client")
             if time.monotonic() - self.started >= self.duration:
                 break
             time.sleep(0.01)
         if self.fail:
-            raise FakeLibvirtError(self.fail)
+            raise LibvirtError(self.fail)
         self.started = None
         return 0
 
@@ -468,8 +464,8 @@ class DeafDomain(FakeDomain):
     def migrateToURI3(self, uri, params, flags):
         self.started = time.monotonic()
         if self.cut.wait(30):
-            raise FakeLibvirtError("operation failed: migration of disk vda failed: "
-                                   "Software caused connection abort")  # fmt: skip
+            raise LibvirtError("operation failed: migration of disk vda failed: "
+                               "Software caused connection abort")  # fmt: skip
         return 0
 
     def abortJob(self):
@@ -668,10 +664,10 @@ def test_stream_volume_sparse_copy_and_hash(fake_libvirt):
 def test_stream_volume_aborts_both_streams_on_error(fake_libvirt):
     class Broken(FakeStream):
         def send(self, data):
-            raise FakeLibvirtError("connection reset")
+            raise LibvirtError("connection reset")
 
     down, up = FakeStream([b"abc"]), Broken()
-    with pytest.raises(FakeLibvirtError):
+    with pytest.raises(LibvirtError):
         lm.stream_volume(FakeConn(down), FakeVol(), FakeConn(up), FakeVol(), total=3,
                          deadline=time.monotonic() + 10)  # fmt: skip
     assert down.aborted and up.aborted
@@ -861,7 +857,7 @@ def test_copy_and_read_back_never_sets_up_two_streams_of_the_volume_at_once(fake
         busy = offset > 0 and setting_up.wait(timeout=0.3)
         checked.set()
         if busy:
-            raise FakeLibvirtError(f"volume '{dst.name}' is still in use.")
+            raise LibvirtError(f"volume '{dst.name}' is still in use.")
         original_upload(stream, offset, length, flags)
 
     dst.download, dst.upload = download, upload
@@ -897,10 +893,10 @@ def test_copy_and_read_back_stops_on_a_failed_upload(fake_libvirt):
 
     def full(stream):
         if stream.offset == 2 * 8192:
-            raise FakeLibvirtError("No space left on device")
+            raise LibvirtError("No space left on device")
 
     dst_conn.before_send = full
-    with pytest.raises(FakeLibvirtError, match="No space"):
+    with pytest.raises(LibvirtError, match="No space"):
         lm.copy_and_read_back(RangeConn(), src, dst_conn, dst, total=len(content),
                               deadline=time.monotonic() + 30, segment=8192)  # fmt: skip
     failed = [s for s in dst_conn.streams if s.kind == "upload" and s.offset == 2 * 8192]
@@ -916,11 +912,11 @@ def test_copy_and_read_back_raises_a_failed_read_back(fake_libvirt):
 
     def download(stream, offset, length, flags):
         if offset == 8192:
-            raise FakeLibvirtError("connection reset by peer")
+            raise LibvirtError("connection reset by peer")
         original(stream, offset, length, flags)
 
     dst.download = download
-    with pytest.raises(FakeLibvirtError, match="connection reset"):
+    with pytest.raises(LibvirtError, match="connection reset"):
         lm.copy_and_read_back(RangeConn(), src, RangeConn(), dst, total=len(content),
                               deadline=time.monotonic() + 30, segment=8192)  # fmt: skip
 
@@ -947,12 +943,7 @@ class _PoolConn:
         return []
 
     def storagePoolLookupByName(self, name):
-        raise _NoPool()
-
-
-class _NoPool(FakeLibvirtError):
-    def get_error_code(self) -> int:
-        return 49  # VIR_ERR_NO_STORAGE_POOL
+        raise LibvirtError(code=NO_STORAGE_POOL)
 
 
 @pytest.mark.parametrize(
@@ -964,7 +955,7 @@ def test_a_shared_disk_gets_its_pool_on_the_destination(monkeypatch, fake_libvir
     from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm
 
     monkeypatch.setattr(libvirt_vm, "libvirt", SimpleNamespace(
-        libvirtError=FakeLibvirtError, VIR_ERR_NO_STORAGE_POOL=49))  # fmt: skip
+        libvirtError=LibvirtError, VIR_ERR_NO_STORAGE_POOL=NO_STORAGE_POOL))  # fmt: skip
     opts = lm.MigrateOptions(shared_paths=["/var/lib/mcm/shared"], pool="mcm-shared",
                              pool_path=pool_path)  # fmt: skip
     migration = lm.Migration(object(), _PoolConn(), "qemu+tls://d/system", "t-v", opts=opts,
@@ -1067,7 +1058,7 @@ class _VersionConn:
 def test_hypervisor_version(fake_libvirt):
     assert lm.hypervisor_version(_VersionConn(7_002_022)) == (7, 2, 22)
     assert lm.hypervisor_version(_VersionConn(10_000_002)) == (10, 0, 2)
-    assert lm.hypervisor_version(_VersionConn(FakeLibvirtError("no driver"))) is None
+    assert lm.hypervisor_version(_VersionConn(LibvirtError("no driver"))) is None
 
 
 TCG_XML = "<domain type='qemu'><name>vm1</name><devices/></domain>"
@@ -1090,11 +1081,6 @@ def test_tcg_live_risk(xml, version, at_risk):
     if at_risk:
         assert f"QEMU {'.'.join(map(str, version))}" in risk
         assert "mode=cold" in risk and "03bfc2188f06" in risk
-
-
-class _NoDomain(FakeLibvirtError):
-    def get_error_code(self) -> int:
-        return 42  # VIR_ERR_NO_DOMAIN
 
 
 class _TcgDomain:
@@ -1129,11 +1115,11 @@ class _TcgConn(_VersionConn):
 
     def lookupByName(self, _name: str) -> _TcgDomain:
         if self.domain is None:
-            raise _NoDomain("no domain")
+            raise LibvirtError("no domain", NO_DOMAIN)
         return self.domain
 
     def lookupByUUIDString(self, _uuid: str) -> _TcgDomain:
-        raise _NoDomain("no domain")
+        raise LibvirtError("no domain", NO_DOMAIN)
 
 
 @pytest.mark.parametrize(("domain_type", "version", "warned"),

@@ -6,6 +6,7 @@ import struct
 import xml.etree.ElementTree as ET
 
 import pytest
+from fake_libvirt import NO_DOMAIN, NO_STORAGE_POOL, NO_STORAGE_VOL, LibvirtError
 
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm as lv
 from ansible_collections.multicloud.migration.plugins.module_utils import naming
@@ -308,16 +309,8 @@ def test_scope_matches_tenant_exactly():
 # --------------------------------------------------------------------------- shared storage
 
 
-class _LvError(Exception):
-    def __init__(self, code: int, message: str = "") -> None:
-        super().__init__(message or f"libvirt error {code}")
-        self.code = code
-
-    def get_error_code(self) -> int:
-        return self.code
-
-
-_FAKE = {"VIR_ERR_NO_DOMAIN": 42, "VIR_ERR_NO_STORAGE_POOL": 49, "VIR_ERR_NO_STORAGE_VOL": 50}
+_FAKE = {"VIR_ERR_NO_DOMAIN": NO_DOMAIN, "VIR_ERR_NO_STORAGE_POOL": NO_STORAGE_POOL,
+         "VIR_ERR_NO_STORAGE_VOL": NO_STORAGE_VOL}  # fmt: skip
 
 
 class _Vol:
@@ -373,7 +366,7 @@ class _Pool:
 
     def storageVolLookupByName(self, name: str) -> _Vol:
         if name not in self.known:
-            raise _LvError(_FAKE["VIR_ERR_NO_STORAGE_VOL"])
+            raise LibvirtError(code=NO_STORAGE_VOL)
         return _Vol(self, name)
 
 
@@ -383,7 +376,7 @@ class _Conn:
 
     def storagePoolLookupByName(self, name: str) -> _Pool:
         if name != self.pool.name():
-            raise _LvError(_FAKE["VIR_ERR_NO_STORAGE_POOL"])
+            raise LibvirtError(code=NO_STORAGE_POOL)
         return self.pool
 
     def listAllStoragePools(self, _flags: int) -> list[_Pool]:
@@ -392,18 +385,18 @@ class _Conn:
     def storageVolLookupByPath(self, path: str) -> _Vol:
         name = path.rsplit("/", 1)[-1]
         if path.rsplit("/", 1)[0] != self.pool.target or name not in self.pool.known:
-            raise _LvError(_FAKE["VIR_ERR_NO_STORAGE_VOL"])
+            raise LibvirtError(code=NO_STORAGE_VOL)
         return _Vol(self.pool, name)
 
     def lookupByName(self, _name: str) -> None:
-        raise _LvError(_FAKE["VIR_ERR_NO_DOMAIN"])
+        raise LibvirtError(code=NO_DOMAIN)
 
 
 @pytest.fixture
 def shared_pool(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(lv, "libvirt", SimpleNamespace(libvirtError=_LvError, **_FAKE))
+    monkeypatch.setattr(lv, "libvirt", SimpleNamespace(libvirtError=LibvirtError, **_FAKE))
     files: dict[str, int] = {}  # the shared directory, as every host sees it
     return files, _Pool("mcm-shared", "/var/lib/mcm/shared/vms", files)
 
@@ -447,7 +440,7 @@ class _BusyPool:
     def refresh(self, _flags: int) -> int:
         self.calls += 1
         if self.calls <= self.busy:
-            raise _LvError(1, self.message)
+            raise LibvirtError(self.message)
         return 0
 
 
@@ -459,10 +452,10 @@ def test_refresh_pool_waits_while_a_volume_is_being_built(shared_pool):
 
 def test_refresh_pool_gives_up_after_its_timeout_and_raises_other_errors_at_once(shared_pool):
     pool = _BusyPool(busy=1000)
-    with pytest.raises(_LvError, match="asynchronous jobs"):
+    with pytest.raises(LibvirtError, match="asynchronous jobs"):
         lv.refresh_pool(pool, timeout=0.2)
     assert 1 < pool.calls < 10
     other = _BusyPool(busy=5, message="storage pool 'mcm' is not active")
-    with pytest.raises(_LvError, match="not active"):
+    with pytest.raises(LibvirtError, match="not active"):
         lv.refresh_pool(other, timeout=5)
     assert other.calls == 1

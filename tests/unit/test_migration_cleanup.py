@@ -9,6 +9,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from fake_libvirt import NO_DOMAIN, NO_STORAGE_VOL, LibvirtError
 
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_migrate as lm
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm as lv
@@ -17,22 +18,10 @@ PATH = "/var/lib/mcm/vms/vm1.qcow2"
 MIB = 1024 * 1024
 
 
-class FakeError(Exception):
-    def __init__(self, msg: str = "", code: int = 1) -> None:
-        super().__init__(msg)
-        self.code = code
-
-    def get_error_code(self) -> int:
-        return self.code
-
-
-NO_VOL, NO_DOMAIN = 50, 42
-
-
 @pytest.fixture
 def fake(monkeypatch):
-    space = SimpleNamespace(libvirtError=FakeError, VIR_ERR_NO_DOMAIN=NO_DOMAIN,
-                            VIR_ERR_NO_STORAGE_VOL=NO_VOL, opened=[])  # fmt: skip
+    space = SimpleNamespace(libvirtError=LibvirtError, VIR_ERR_NO_DOMAIN=NO_DOMAIN,
+                            VIR_ERR_NO_STORAGE_VOL=NO_STORAGE_VOL, opened=[])  # fmt: skip
     monkeypatch.setattr(lm, "libvirt", space)
     monkeypatch.setattr(lv, "libvirt", space)
     return space
@@ -83,14 +72,14 @@ class Conn:
         if self.hang:
             self.released.wait(30)
         if self.dead:
-            raise FakeError("End of file while reading data: Input/output error")
+            raise LibvirtError("End of file while reading data: Input/output error")
 
     def isAlive(self) -> int:
         return 0 if self.dead else 1
 
     def lookupByName(self, name: str) -> None:
         self.call()
-        raise FakeError("no domain", NO_DOMAIN)
+        raise LibvirtError("no domain", NO_DOMAIN)
 
     def listAllStoragePools(self, flags: int = 0) -> list[Pool]:
         self.call()
@@ -99,7 +88,7 @@ class Conn:
     def storageVolLookupByPath(self, path: str) -> Vol:
         self.call()
         if path not in self.volumes:
-            raise FakeError("no volume", NO_VOL)
+            raise LibvirtError("no volume", NO_STORAGE_VOL)
         return Vol(self, path)
 
     def close(self) -> None:

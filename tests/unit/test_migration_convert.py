@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import pytest
-from test_migration_cleanup import FakeError
+from fake_libvirt import NO_INTERFACE, NO_STORAGE_POOL, LibvirtError
 
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_migrate as lm
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm as lv
@@ -207,12 +207,12 @@ class Dst:
 
     def interfaceLookupByName(self, name: str) -> object:
         if name not in self.bridges:
-            raise FakeError(f"Interface not found: {name}", 57)
+            raise LibvirtError(f"Interface not found: {name}", NO_INTERFACE)
         return object()
 
 
 def job(monkeypatch, dst: Dst, check_mode: bool = False, **opts: object) -> lm.Migration:
-    space = SimpleNamespace(libvirtError=FakeError, VIR_ERR_NO_INTERFACE=57)
+    space = SimpleNamespace(libvirtError=LibvirtError, VIR_ERR_NO_INTERFACE=NO_INTERFACE)
     monkeypatch.setattr(lm, "libvirt", space)
     monkeypatch.setattr(lm, "qemu_img_formats", lambda: ["qcow2", "raw", "vmdk", "vhdx"])
     return lm.Migration(None, dst, "qemu+tls://172.30.0.21/system", "acme-web1",
@@ -276,12 +276,12 @@ class Pools(Dst):
 
     def storagePoolLookupByName(self, name: str) -> Pool:
         if name not in self.pools:
-            raise FakeError(f"no pool {name}", 49)
+            raise LibvirtError(f"no pool {name}", NO_STORAGE_POOL)
         return self.pools[name]
 
 
 def test_the_destination_pool_must_exist_or_come_with_its_directory(monkeypatch):
-    monkeypatch.setattr(lv, "libvirt", SimpleNamespace(libvirtError=FakeError,
+    monkeypatch.setattr(lv, "libvirt", SimpleNamespace(libvirtError=LibvirtError,
                                                        VIR_ERR_NO_STORAGE_POOL=49))  # fmt: skip
     with pytest.raises(lm.MigrationError, match="has no storage pool fast: define it there"):
         job(monkeypatch, Pools(), destination_pool="fast").destination_pool()

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from fake_libvirt import NO_DOMAIN, LibvirtError
 
 from ansible_collections.multicloud.migration.plugins.action import vm_migrate as action
 from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_migrate as lm
@@ -34,12 +35,7 @@ LIVE = {
 }
 
 
-class FakeLibvirtError(Exception):
-    def get_error_code(self) -> int:
-        return 42  # VIR_ERR_NO_DOMAIN
-
-
-FAKE_LIBVIRT = SimpleNamespace(libvirtError=FakeLibvirtError, VIR_ERR_NO_DOMAIN=42)
+FAKE_LIBVIRT = SimpleNamespace(libvirtError=LibvirtError, VIR_ERR_NO_DOMAIN=NO_DOMAIN)
 
 
 @pytest.fixture
