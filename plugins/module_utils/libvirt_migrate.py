@@ -361,13 +361,14 @@ def hypervisor_version(conn: Any) -> tuple[int, int, int] | None:
     return value // 1_000_000, value // 1000 % 1000, value % 1000
 
 
-def tcg_live_risk(domain_xml: str, version: tuple[int, int, int] | None) -> str | None:
-    """Why a live migration of this domain can corrupt its guest on this source, or None.
+def tcg_live_risk(domain_type: str | None, version: tuple[int, int, int] | None) -> str | None:
+    """Why a live migration of a domain of this type can corrupt its guest on this source,
+    or None.
 
     Only a TCG guest (domain type ``qemu``) on a QEMU before 9.0 is at risk (see
     TCG_DIRTY_TRACKING_FIXED); an unknown version is not reported.
     """
-    if ET.fromstring(domain_xml).get("type") != "qemu" or version is None:
+    if domain_type != "qemu" or version is None:
         return None
     if version >= TCG_DIRTY_TRACKING_FIXED:
         return None
@@ -1073,6 +1074,15 @@ class Migration:
     def migrate_uri(self) -> str:
         address = self.opts.migrate_address or urlsplit(self.dst_uri).hostname or ""
         return f"tcp://{host_for_uri(address)}"
+
+    def warn_tcg_risk(self, mode: str, active: bool, xml: str) -> None:
+        """Warn before a live move of a running TCG guest from a QEMU that can lose its
+        writes (tcg_live_risk); also in check mode."""
+        if mode not in MODE_FLAGS or not active:
+            return
+        risk = tcg_live_risk(parse_domain(xml)["domain_type"], hypervisor_version(self.src))
+        if risk is not None:
+            self.warnings.append(f"{self.label}: {risk}")
 
     def preflight(self, mode: str, disks: list[dict[str, Any]]) -> None:
         """Nothing of ours may be in the way on the destination; refuse before changing anything."""
@@ -2402,9 +2412,12 @@ def plan_from_source(
     if dom is None:
         raise MigrationError(f"VM {name}: no domain of that name on the source",
                              phase="preflight")  # fmt: skip
-    disks = job.disks(dom, dom.XMLDesc(0))
-    chosen, reason = choose_mode(mode, [d["path"] for d in disks], bool(dom.isActive()),
-                                 opts.shared_paths, opts.relayout())  # fmt: skip
+    xml = dom.XMLDesc(0)
+    disks = job.disks(dom, xml)
+    active = bool(dom.isActive())
+    chosen, reason = choose_mode(mode, [d["path"] for d in disks], active, opts.shared_paths,
+                                 opts.relayout())  # fmt: skip
+    job.warn_tcg_risk(chosen, active, xml)
     return {
         "changed": True,
         "mode": chosen,
@@ -2416,8 +2429,9 @@ def plan_from_source(
         "source_state": domain_state(dom),
         "destination_state": "unknown",
         "warnings": [
+            *job.warnings,
             f"VM {name}: this host has no TLS certificates yet (setup_migration_tls.yml makes "
-            "them; in check mode it changed nothing), so the destination was not checked"
+            "them; in check mode it changed nothing), so the destination was not checked",
         ],
         "changes": [],
     }
@@ -2481,14 +2495,12 @@ def _migrate_job(
         )
     xml = dom.XMLDesc(0)
     disks = job.disks(dom, xml)
-    chosen, reason = choose_mode(mode, [d["path"] for d in disks], bool(dom.isActive()),
-                                 opts.shared_paths, opts.relayout())  # fmt: skip
+    active = bool(dom.isActive())
+    chosen, reason = choose_mode(mode, [d["path"] for d in disks], active, opts.shared_paths,
+                                 opts.relayout())  # fmt: skip
     plan = job.plan(chosen, reason, dom, disks)
     job.preflight(chosen, disks)
-    if chosen in MODE_FLAGS and dom.isActive():
-        risk = tcg_live_risk(xml, hypervisor_version(src_conn))
-        if risk is not None:
-            job.warnings.append(f"{job.label}: {risk}")
+    job.warn_tcg_risk(chosen, active, xml)
     if chosen == "cold" and opts.relayout():
         plan["relayout"] = job.relayout_plan()
     result: dict[str, Any] = {

@@ -1065,18 +1065,18 @@ TCG_XML = "<domain type='qemu'><name>vm1</name><devices/></domain>"
 
 
 @pytest.mark.parametrize(
-    ("xml", "version", "at_risk"),
+    ("domain_type", "version", "at_risk"),
     [
-        (TCG_XML, (7, 2, 22), True),
-        (TCG_XML, (8, 2, 9), True),
-        (TCG_XML, (9, 0, 0), False),  # the first release with the fix
-        (TCG_XML, (10, 0, 2), False),
-        (TCG_XML, None, False),  # unknown: not reported
-        (TCG_XML.replace("'qemu'", "'kvm'"), (7, 2, 22), False),  # KVM tracks in the kernel
+        ("qemu", (7, 2, 22), True),
+        ("qemu", (8, 2, 9), True),
+        ("qemu", (9, 0, 0), False),  # the first release with the fix
+        ("qemu", (10, 0, 2), False),
+        ("qemu", None, False),  # unknown: not reported
+        ("kvm", (7, 2, 22), False),  # KVM tracks in the kernel
     ],
 )
-def test_tcg_live_risk(xml, version, at_risk):
-    risk = lm.tcg_live_risk(xml, version)
+def test_tcg_live_risk(domain_type, version, at_risk):
+    risk = lm.tcg_live_risk(domain_type, version)
     assert (risk is not None) == at_risk
     if at_risk:
         assert f"QEMU {'.'.join(map(str, version))}" in risk
@@ -1140,3 +1140,23 @@ def test_live_plan_warns_of_tcg_on_old_qemu(fake_libvirt, monkeypatch, domain_ty
     if warned:
         assert tcg[0].startswith("VM vm1: the source runs the guest under TCG")
         assert "QEMU 7.2.22" in tcg[0]
+
+
+@pytest.mark.parametrize(("domain_type", "version", "warned"),
+                         [("qemu", 7_002_022, True), ("kvm", 7_002_022, False)])  # fmt: skip
+def test_plan_without_tls_material_warns_of_tcg_too(fake_libvirt, monkeypatch, domain_type,
+                                                    version, warned):  # fmt: skip
+    """The check-mode plan from the source alone (no TLS files yet) warns as migrate does."""
+    from ansible_collections.multicloud.migration.plugins.module_utils import libvirt_vm
+
+    monkeypatch.setattr(libvirt_vm, "libvirt", fake_libvirt)
+    src = _TcgConn(version, _TcgDomain(domain_type))
+    result = lm.plan_from_source(src, "qemu+tls://192.0.2.1/system", "vm1", "auto",
+                                 lm.MigrateOptions())  # fmt: skip
+    assert result["mode"] == "live"
+    tcg = [w for w in result["warnings"] if "TCG" in w]
+    assert bool(tcg) == warned, result["warnings"]
+    if warned:
+        assert tcg[0].startswith("VM vm1: the source runs the guest under TCG")
+        assert "QEMU 7.2.22" in tcg[0]
+    assert "no TLS certificates yet" in result["warnings"][-1]
