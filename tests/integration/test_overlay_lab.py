@@ -32,6 +32,10 @@ VETH = "ovt-v0"  # in the root namespace, a port of xenbr0
 VETH_NS = "ovt-p0"  # in NS
 RUN = "/var/run/openvswitch"
 DB = "/var/lib/openvswitch/conf.db"
+NIC_SYSCTLS = (  # of the endpoint bridge's NIC; the fixture puts the values back
+    "/proc/sys/net/ipv4/conf/eth0/arp_ignore",
+    "/proc/sys/net/ipv4/conf/eth0/arp_announce",
+)
 
 
 def play(playbook: str, *extra: str, timeout: float = 900) -> dict[str, dict]:
@@ -97,7 +101,9 @@ def ovs_snapshot(host) -> dict:
         if res.rc == 0 and pid.isdigit() and host.run(f"kill -0 {pid}").rc == 0:
             pids[daemon] = pid
     dirs = {d: host.file(d).exists for d in (RUN, "/var/log/openvswitch")}
-    return {"pids": pids, "db": host.run(f"test -s {DB}").rc == 0, "dirs": dirs}
+    sysctls = {path: sh(host, f"cat {path}").strip() for path in NIC_SYSCTLS}
+    return {"pids": pids, "db": host.run(f"test -s {DB}").rc == 0, "dirs": dirs,
+            "sysctls": sysctls}  # fmt: skip
 
 
 def ovs_cleanup(host, before: dict) -> None:
@@ -122,6 +128,8 @@ def ovs_cleanup(host, before: dict) -> None:
     for path, existed in before["dirs"].items():
         if not existed:
             host.run(f"rmdir {path}")
+    for path, value in before["sysctls"].items():  # the role sets them on the NIC, eth0
+        host.run(f"echo {value} > {path}")
 
 
 def ovs_json(host, *args: str) -> list[dict]:
@@ -144,6 +152,21 @@ def tunnel_options(host, port: str) -> dict:
     (row,) = ovs_json(host, "--columns=name,type,options", "find", "Interface", f"name={port}")
     assert row["type"] == "vxlan"
     return row["options"]
+
+
+def ovs_diagnostics(hosts: dict) -> str:
+    """What a failed transfer leaves to look at: the tunnels' next hops, the datapath's
+    flows and counters, the daemon's warnings and the test's dnsmasq log."""
+    commands = (
+        "ovs-appctl tnl/arp/show", "ovs-appctl fdb/show ovsul0", "ovs-appctl fdb/show xenbr0",
+        "ovs-appctl dpctl/dump-flows", "ovs-appctl dpif-netdev/pmd-stats-show",
+        "grep -v '|INFO|' /var/log/openvswitch/ovs-vswitchd.log | tail -20",
+        "tail -20 /tmp/ovt-dnsmasq.log",
+    )  # fmt: skip
+    return "\n".join(
+        f"--- {name}: {command}\n{host.run('timeout 10 sh -c %s', command).stdout}"
+        for name, host in hosts.items() for command in commands
+    )  # fmt: skip
 
 
 def plug_namespace(host, address: str | None) -> None:
@@ -212,7 +235,22 @@ class TestSetupOvs:
             assert sh(host, "cat /sys/class/net/xenbr0/mtu").strip() == "1450"  # eth0 1500 - 50
             assert f"10.250.0.{me}/24" in sh(host, "ip -br addr show dev xenbr0")
             assert sh(host, "cat /proc/sys/net/ipv4/conf/ovsul0/arp_ignore").strip() == "1"
+            assert [sh(host, f"cat {path}").strip() for path in NIC_SYSCTLS] == ["1", "2"]
             assert result[name]["changed"]
+
+    def test_only_the_endpoint_bridge_answers_arp_for_its_address(self, ovs_lab):
+        """The tunnel's next hop is whatever MAC answers ARP for the peer's endpoint
+        address. eth0 answering too (with its own MAC) let OVS keep eth0's MAC now and then,
+        and the peer's OVS does not take frames sent to eth0's MAC off the tunnel: the
+        overlay went dead in one direction (a CI run lost every DHCP discover)."""
+        for name, host in ovs_lab.items():
+            peer = next(h for h in OVS_HOSTS if h != name)
+            bridge_mac = sh(ovs_lab[peer], "cat /sys/class/net/ovsul0/address").strip()
+            out = sh(host, f"busybox arping -c 1 -w 2 -I eth0 -s 10.251.1.{IDS[name]}"
+                           f" 10.251.1.{IDS[peer]}")  # fmt: skip
+            replies = [line.split("[", 1)[1].split("]")[0].lower()
+                       for line in out.splitlines() if "reply from" in line]  # fmt: skip
+            assert replies == [bridge_mac], out
 
     def test_setup_ovs_second_run_changes_nothing_and_drift_is_corrected(self, ovs_lab):
         started = time.monotonic()
@@ -241,8 +279,11 @@ class TestSetupOvs:
                " --log-facility=/tmp/ovt-dnsmasq.log --log-dhcp")  # fmt: skip
         # busybox udhcpc: three discovers, then give up; the lease is printed, not applied
         started = time.monotonic()
-        out = sh(a2, f"ip netns exec {NS} busybox udhcpc -i {VETH_NS} -n -q -t 5 -T 2 -f"
-                     " -s /bin/true 2>&1", timeout=40)  # fmt: skip
+        dhcp = a2.run("timeout 40 ip netns exec %s busybox udhcpc -i %s -n -q -t 5 -T 2 -f"
+                      " -s /bin/true 2>&1", NS, VETH_NS)  # fmt: skip
+        if dhcp.rc != 0:
+            pytest.fail(f"no DHCP lease through OVS: {dhcp.stdout}\n{ovs_diagnostics(ovs_lab)}")
+        out = dhcp.stdout
         print(f"DHCP lease through OVS: {time.monotonic() - started:.1f} s")
         assert "lease of 10.250.9.1" in out, out
         lease = out.split("lease of ", 1)[1].split()[0]
