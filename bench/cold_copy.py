@@ -22,6 +22,9 @@ Same end state: the sha256 of every copy equals the source's, and the checksum o
 reports equals the sha256-1mib-blocks of the source computed here. The apparent size and
 the allocation of each copy are recorded.
 
+Set-up (not timed): setup_migration_tls.yml (with the default TLS encryption), the volume
+through the collection's vm_volume module (which makes the pool ``mcm`` on a fresh lab).
+
     .venv/bin/python bench/cold_copy.py [--runs 3]
 
 Everything is removed again, on failure too (the domains and volumes ``bncold-*``, the
@@ -125,16 +128,29 @@ def cleanup() -> None:
     sh(SRC, f"rm -rf {KEY} {KEY}.pub {SHARED}; true", check=False)
 
 
+def run_play(name: str, tasks: list[dict[str, Any]]) -> None:
+    play = [{"name": name, "hosts": SRC, "gather_facts": False, "tasks": tasks}]
+    with tempfile.TemporaryDirectory(prefix="bn-cold-") as tmp:
+        path = Path(tmp) / "play.yml"
+        path.write_text(yaml.safe_dump(play, sort_keys=False))
+        checked_playbook(path, timeout=300)
+
+
 def make_disk() -> None:
     """The sparse raw disk with its data extents, and a shut-off domain using it."""
+    # the volume through the collection's module: it also makes the pool "mcm" on a lab
+    # where no create_infra.yml has run yet
+    volume = {"name": Path(DISK).name, "pool": "mcm", "pool_path": str(Path(DISK).parent),
+              "capacity_mib": SIZE_GIB * 1024, "format": "raw"}  # fmt: skip
+    task = {"name": "bn volume", "multicloud.migration.vm_volume": {"config": [volume]}}
+    run_play("bn cold volume", [task])
     step = SIZE_GIB * 1024 // EXTENTS
     writes = " && ".join(
         f"dd if=/dev/urandom of={DISK} bs=1M count={EXTENT_MIB} seek={i * step} "
         "conv=notrunc status=none"
         for i in range(EXTENTS)
     )
-    sh(SRC, f"truncate -s {SIZE_GIB}G {DISK} && {writes} && virsh -q pool-refresh mcm",
-       timeout=300)  # fmt: skip
+    sh(SRC, f"{writes} && virsh -q pool-refresh mcm", timeout=300)
     for host in (SRC, DST):
         sh(host, f"ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up")
     vm = {"name": DOMAIN, "state": "shutoff", "memory_mib": 128, "vcpus": 1, "bridge": BRIDGE,
@@ -142,18 +158,7 @@ def make_disk() -> None:
           "boot": {"kernel": f"{IMAGES}/vmlinuz", "initrd": f"{IMAGES}/initrd.img",
                    "cmdline": "console=ttyS0 panic=-1"},
           "metadata": {"tenant": "bncold", "network": "net", "vm": "c1"}}  # fmt: skip
-    play = [
-        {
-            "name": "bn cold guest",
-            "hosts": SRC,
-            "gather_facts": False,
-            "tasks": [{"name": "bn define", "multicloud.migration.vm": {"config": [vm]}}],
-        }
-    ]
-    with tempfile.TemporaryDirectory(prefix="bn-cold-") as tmp:
-        path = Path(tmp) / "define.yml"
-        path.write_text(yaml.safe_dump(play, sort_keys=False))
-        checked_playbook(path, timeout=300)
+    run_play("bn cold guest", [{"name": "bn define", "multicloud.migration.vm": {"config": [vm]}}])
 
 
 def start_sshd() -> None:
@@ -278,6 +283,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bn-cold-"))
     cleanup()
     try:
+        if args.encryption == "tls":  # the CA and certificates; idempotent, not timed
+            checked_playbook("playbooks/setup_migration_tls.yml", timeout=900)
         start_sshd()
         make_disk()
         for r in range(args.runs):
