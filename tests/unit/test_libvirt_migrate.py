@@ -1122,6 +1122,15 @@ class _TcgConn(_VersionConn):
         raise LibvirtError("no domain", NO_DOMAIN)
 
 
+def assert_tcg_warning(result: dict, warned: bool) -> None:
+    """The plan's TCG warning is there exactly when expected, naming the VM and QEMU 7.2.22."""
+    tcg = [w for w in result["warnings"] if "TCG" in w]
+    assert bool(tcg) == warned, result["warnings"]
+    if warned:
+        assert tcg[0].startswith("VM vm1: the source runs the guest under TCG")
+        assert "QEMU 7.2.22" in tcg[0]
+
+
 @pytest.mark.parametrize(("domain_type", "version", "warned"),
                          [("qemu", 7_002_022, True), ("qemu", 10_000_002, False),
                           ("kvm", 7_002_022, False)])  # fmt: skip
@@ -1135,11 +1144,7 @@ def test_live_plan_warns_of_tcg_on_old_qemu(fake_libvirt, monkeypatch, domain_ty
     result = lm.migrate(src, "qemu+tcp://192.0.2.1/system", "vm1", "auto", dst_conn=dst,
                         options=lm.MigrateOptions(encryption="none"), check_mode=True)  # fmt: skip
     assert result["mode"] == "live"
-    tcg = [w for w in result["warnings"] if "TCG" in w]
-    assert bool(tcg) == warned, result["warnings"]
-    if warned:
-        assert tcg[0].startswith("VM vm1: the source runs the guest under TCG")
-        assert "QEMU 7.2.22" in tcg[0]
+    assert_tcg_warning(result, warned)
 
 
 @pytest.mark.parametrize(("domain_type", "version", "warned"),
@@ -1154,9 +1159,5 @@ def test_plan_without_tls_material_warns_of_tcg_too(fake_libvirt, monkeypatch, d
     result = lm.plan_from_source(src, "qemu+tls://192.0.2.1/system", "vm1", "auto",
                                  lm.MigrateOptions())  # fmt: skip
     assert result["mode"] == "live"
-    tcg = [w for w in result["warnings"] if "TCG" in w]
-    assert bool(tcg) == warned, result["warnings"]
-    if warned:
-        assert tcg[0].startswith("VM vm1: the source runs the guest under TCG")
-        assert "QEMU 7.2.22" in tcg[0]
+    assert_tcg_warning(result, warned)
     assert "no TLS certificates yet" in result["warnings"][-1]
