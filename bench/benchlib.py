@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 RESULTS = REPO / "bench" / "results"
@@ -83,6 +85,13 @@ def playbook(path: str | Path, *args: str, timeout: float = 1800,
         raise BenchError(f"{path} printed no JSON (rc {proc.returncode}):\n"
                          f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from exc  # fmt: skip
     return secs, proc.returncode, data
+
+
+def write_play(path: Path, hosts: str, name: str, tasks: list[dict[str, Any]]) -> Path:
+    """A playbook of one play (no fact gathering) written to ``path``."""
+    play = [{"name": name, "hosts": hosts, "gather_facts": False, "tasks": tasks}]
+    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    return path
 
 
 def failures(data: dict[str, Any]) -> list[str]:

@@ -43,7 +43,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from benchlib import (
     RESULTS,
     WAN,
@@ -59,6 +58,7 @@ from benchlib import (
     summary,
     task_results,
     with_retries,
+    write_play,
     write_result,
 )
 
@@ -129,11 +129,8 @@ def cleanup() -> None:
 
 
 def run_play(name: str, tasks: list[dict[str, Any]]) -> None:
-    play = [{"name": name, "hosts": SRC, "gather_facts": False, "tasks": tasks}]
     with tempfile.TemporaryDirectory(prefix="bn-cold-") as tmp:
-        path = Path(tmp) / "play.yml"
-        path.write_text(yaml.safe_dump(play, sort_keys=False))
-        checked_playbook(path, timeout=300)
+        checked_playbook(write_play(Path(tmp) / "play.yml", SRC, name, tasks), timeout=300)
 
 
 def make_disk() -> None:
@@ -188,16 +185,8 @@ def start_sshd() -> None:
 def ours(tmp: Path, encryption: str) -> dict[str, Any]:
     args = {"name": DOMAIN, "destination": DST, "destination_address": WAN[DST],
             "mode": "cold", "encryption": encryption}  # fmt: skip
-    play = [
-        {
-            "name": "bn cold",
-            "hosts": SRC,
-            "gather_facts": False,
-            "tasks": [{"name": "bn migrate", "multicloud.migration.vm_migrate": args}],
-        }
-    ]
-    path = tmp / "ours.yml"
-    path.write_text(yaml.safe_dump(play, sort_keys=False))
+    task = {"name": "bn migrate", "multicloud.migration.vm_migrate": args}
+    path = write_play(tmp / "ours.yml", SRC, "bn cold", [task])
     secs, rc, data = playbook(path, timeout=900)
     [res] = task_results(data, "bn migrate")
     if rc != 0 or res.get("failed"):

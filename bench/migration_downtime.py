@@ -63,6 +63,7 @@ from benchlib import (
     summary,
     task_results,
     with_retries,
+    write_play,
     write_result,
 )
 
@@ -173,16 +174,8 @@ class Bench:
     def ours(self, src: str, dst: str, encryption: str) -> dict[str, Any]:
         args = {"name": DOMAIN, "destination": dst, "destination_address": WAN[dst],
                 "mode": "live", "encryption": encryption, **self.ours_params}  # fmt: skip
-        play = [
-            {
-                "name": "bn live",
-                "hosts": src,
-                "gather_facts": False,
-                "tasks": [{"name": "bn migrate", "multicloud.migration.vm_migrate": args}],
-            }
-        ]
-        path = self.tmp / "ours.yml"
-        path.write_text(yaml.safe_dump(play, sort_keys=False))
+        task = {"name": "bn migrate", "multicloud.migration.vm_migrate": args}
+        path = write_play(self.tmp / "ours.yml", src, "bn live", [task])
         secs, rc, data = playbook(path, timeout=900)
         [res] = task_results(data, "bn migrate")
         if rc != 0 or res.get("failed"):
