@@ -341,9 +341,10 @@ def test_missing_certificate_fails_in_preflight(nodes, local_vm, tmp_path):
     assert {h: probe(n) for h, n in nodes.items()} == before
 
 
-def test_tls_setup_is_idempotent(nodes):
+def test_tls_setup_is_idempotent(nodes, hosts):
     """The fixture ran playbooks/setup_migration_tls.yml: a second run changes nothing
-    (no file rewritten, no libvirtd restart) on any cloud host."""
+    (no file rewritten, no libvirtd restart) on any cloud host, and each host keeps at most
+    16 KiB unsent in a TCP socket (the role's migration_tls_tcp_notsent_lowat)."""
     from conftest import ansible_json
 
     proc, data = ansible_json(["ansible-playbook", str(TLS_PLAYBOOK)])
@@ -352,6 +353,40 @@ def test_tls_setup_is_idempotent(nodes):
     assert {"mcm-a1", "mcm-a2", "mcm-b1"} <= set(stats)
     assert {h: s["changed"] for h, s in stats.items()} == dict.fromkeys(stats, 0)
     assert not any(s["failures"] or s["unreachable"] for s in stats.values()), stats
+    lowat = {h: hosts[h].run("sysctl -n net.ipv4.tcp_notsent_lowat").stdout.strip()
+             for h in ("mcm-a1", "mcm-a2", "mcm-b1")}  # fmt: skip
+    assert lowat == dict.fromkeys(lowat, "16384")
+
+
+def test_tls_setup_bounds_unsent_tcp_data(nodes, hosts):
+    """migration_tls_tcp_notsent_lowat on a host at the kernel's default (no limit): null
+    leaves it alone; --check reports the change and makes none; a run sets 16384 (runtime
+    and /etc/sysctl.conf)."""
+    from conftest import ansible_json
+
+    host, unlimited = hosts["mcm-a2"], "4294967295"
+
+    def setup(*flags: str) -> int:
+        proc, data = ansible_json(["ansible-playbook", str(TLS_PLAYBOOK), "--limit", "mcm-a2",
+                                   *flags])  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return data["stats"]["mcm-a2"]["changed"]
+
+    def lowat() -> str:
+        return host.run("sysctl -n net.ipv4.tcp_notsent_lowat").stdout.strip()
+
+    assert host.run("sysctl -w net.ipv4.tcp_notsent_lowat=%s", unlimited).rc == 0
+    try:
+        assert setup("-e", '{"migration_tls_tcp_notsent_lowat": null}') == 0
+        assert lowat() == unlimited
+        assert setup("--check") == 1
+        assert lowat() == unlimited
+        assert setup() == 1
+        assert lowat() == "16384"
+        conf = host.run("grep -h tcp_notsent_lowat /etc/sysctl.conf").stdout.split()
+        assert conf == ["net.ipv4.tcp_notsent_lowat=16384"], conf
+    finally:
+        host.run("sysctl -w net.ipv4.tcp_notsent_lowat=16384")
 
 
 def test_cold_back_with_checksums(nodes, local_vm, tmp_path):
