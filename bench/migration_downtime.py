@@ -11,7 +11,8 @@ and mcm-b1 (cloud_b), there and back, with and without encryption:
   DOMAIN qemu+{tcp,tls}://DST/system --migrateuri tcp://DST`` on the source, libvirt's
   default settings.
 
-Set-up (not timed): setup_migration_tls.yml, create_infra.yml, then migrate_instance.yml
+Set-up (not timed): setup_migration_tls.yml (which also bounds the unsent data of the hosts'
+TCP sockets, net.ipv4.tcp_notsent_lowat; recorded), create_infra.yml, then migrate_instance.yml
 moves v1 to cloud_b (mode live; its own figures are kept), which stretches the network
 to mcm-b1. A ping client (namespace ``bnlive-ping`` on mcm-a1, a veth on the network's
 bridge, 10.120.1.50) pings v1 every 10 ms during each migration (bounded by -c and -w).
@@ -28,6 +29,10 @@ Variants interleave (ours-tls, virsh-tls, ours-none, virsh-none, rotated each ro
 round moves the VM there and back per variant, so --runs should be even. Everything is
 removed again, on failure too (delete_infra.yml, the ping namespace, temporary files).
 Result: bench/results/migration_downtime.json.
+
+--trace restarts the guest with qemu's trace points and splits each pause into phases (the
+source's save, what is still in flight until the destination has loaded it, libvirt's
+resume), printed per variant.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import signal
 import sys
@@ -103,6 +109,67 @@ print(json.dumps({"stats": stats, "persistent": bool(dom.isPersistent()),
                   "active": bool(dom.isActive())}))
 """
 
+# --trace: QEMU's own trace points (its "log" backend: PID@EPOCH:EVENT ARGS, in the domain's
+# log through libvirt) on both hosts' qemu, to split the downtime into its phases. The lab
+# hosts share one clock (containers of one kernel), so the two sides' timestamps compare.
+TRACE_EVENTS = ("vm_state_notify", "vmstate_downtime_checkpoint")
+QEMU_LOG = f"/var/log/libvirt/qemu/{DOMAIN}.log"
+TRACE_LINE = re.compile(r"^\d+@(\d+\.\d+):(\w+) ?(.*)$")
+# the domain's definition with the trace points (libvirt's qemu:commandline), then a restart
+TRACE_ON = r"""
+import sys, libvirt, xml.etree.ElementTree as ET
+NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", NS)
+conn = libvirt.open("qemu:///system")
+dom = conn.lookupByName(sys.argv[1])
+root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+line = root.find(f"{{{NS}}}commandline")
+if line is None:
+    line = ET.SubElement(root, f"{{{NS}}}commandline")
+for event in sys.argv[2:]:
+    for value in ("-trace", f"enable={event}"):
+        ET.SubElement(line, f"{{{NS}}}arg", value=value)
+conn.defineXML(ET.tostring(root, encoding="unicode"))
+dom.destroy()
+dom.create()
+"""
+
+
+def trace_events(text: str) -> list[tuple[float, str, str]]:
+    """(epoch seconds, event, arguments) of each trace line of a qemu log."""
+    found = []
+    for line in text.splitlines():
+        m = TRACE_LINE.match(line)
+        if m:
+            found.append((float(m.group(1)), m.group(2), m.group(3)))
+    return found
+
+
+def breakdown(src: list[tuple[float, str, str]], dst: list[tuple[float, str, str]],
+              ) -> dict[str, float | None]:  # fmt: skip
+    """The guest's pause split into three consecutive phases (ms), from both qemu's trace
+    points:
+    - save: from the source's vCPUs stopping until the source has written the last dirty
+      pages and every device's state into the stream;
+    - in_flight: until the destination has loaded all of it (what still waited in socket
+      buffers and queues, and the destination's loading of the rest);
+    - resume: until libvirt starts the destination's vCPUs (the source's libvirtd sees the
+      end, calls Finish on the destination's libvirtd, which resumes the guest)."""
+
+    def first(events: list[tuple[float, str, str]], name: str, prefix: str) -> float | None:
+        return next((t for t, n, a in events if n == name and a.startswith(prefix)), None)
+
+    stop = first(src, "vm_state_notify", "running 0")
+    saved = first(src, "vmstate_downtime_checkpoint", "src-non-iterable-saved")
+    loaded = first(dst, "vmstate_downtime_checkpoint", "dst-precopy-loadvm-completed")
+    running = first(dst, "vm_state_notify", "running 1")
+
+    def ms(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000, 1)
+
+    return {"save_ms": ms(stop, saved), "in_flight_ms": ms(saved, loaded),
+            "resume_ms": ms(loaded, running), "stop_to_running_ms": ms(stop, running)}  # fmt: skip
+
 
 def _sigterm(_signum: int, _frame: object) -> None:
     raise SystemExit("terminated")
@@ -113,7 +180,8 @@ def other(host: str) -> str:
 
 
 class Bench:
-    def __init__(self, tmp: Path, ours_params: dict[str, Any], virsh_p2p: bool) -> None:
+    def __init__(self, tmp: Path, ours_params: dict[str, Any], virsh_p2p: bool,
+                 trace: bool = False) -> None:  # fmt: skip
         self.tmp = tmp
         self.state = tmp / "state"
         self.spec = tmp / "spec.yml"
@@ -121,6 +189,7 @@ class Bench:
         self.extra = ["-e", f"spec_file={self.spec}", "-e", f"mcm_state_dir={self.state}"]
         self.ours_params = ours_params
         self.virsh_p2p = virsh_p2p
+        self.trace = trace
         self.virsh_extra: list[str] = []  # more virsh flags (experiments: --postcopy ...)
         host, ns, legs, address = CLIENT
         self.client = PingClient(host, ns, legs, "", address)
@@ -148,8 +217,17 @@ class Bench:
         self.client.add()
         if not self.client.answers(IP):
             raise BenchError(f"{DOMAIN} ({IP}) does not answer the ping client after set-up")
+        # how much data may wait unsent in a TCP socket (the migration_tls role's setting):
+        # what queues in front of the final pass while the guest is paused
+        if self.trace:
+            print(f"set-up: qemu trace points {', '.join(TRACE_EVENTS)}; restart", flush=True)
+            py(self.position, TRACE_ON, DOMAIN, *TRACE_EVENTS)
+            if not self.client.answers(IP, attempts=60):
+                raise BenchError(f"{DOMAIN} does not answer after its restart with trace points")
+        lowat = {h: sh(h, "sysctl -n net.ipv4.tcp_notsent_lowat").strip() for h in HOSTS}
+        print(f"set-up: net.ipv4.tcp_notsent_lowat {lowat}", flush=True)
         return {"migrate_instance_s": round(secs, 2), "ledger_downtime_ms": row.get("downtime_ms"),
-                "ledger_status": row.get("status")}  # fmt: skip
+                "ledger_status": row.get("status"), "tcp_notsent_lowat": lowat}  # fmt: skip
 
     def where(self) -> str:
         found = [
@@ -215,6 +293,7 @@ class Bench:
         src, dst = self.position, other(self.position)
         self.last_variant = f"{variant} {src} -> {dst}"
         before = load()
+        logs = {h: self.log_size(h) for h in (src, dst)} if self.trace else {}
         self.client.start(IP)
         time.sleep(0.5)
         try:
@@ -231,7 +310,15 @@ class Bench:
                    ping_runs=ping["runs"], pings_sent=ping["transmitted"])  # fmt: skip
         got["end_state"] = self.end_state(src, dst, ping, ended)
         got["migration_s"] = round(ended - started, 2)
+        if self.trace:
+            events = {h: trace_events(sh(h, f"tail -c +{logs[h] + 1} {QEMU_LOG}"))
+                      for h in (src, dst)}  # fmt: skip
+            got["breakdown"] = breakdown(events[src], events[dst])
         return got
+
+    @staticmethod
+    def log_size(host: str) -> int:
+        return int(sh(host, f"stat -c %s {QEMU_LOG} 2>/dev/null || echo 0").split()[-1])
 
     def end_state(self, src: str, dst: str, ping: dict[str, Any], ended: float) -> dict[str, Any]:
         where = domains_on(HOSTS, DOMAIN)
@@ -285,6 +372,22 @@ def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
         print(f"{variant:<11}{n:>5}{spread(row['downtime_ms']):>24}"
               f"{spread(row['pings_lost']):>13}{spread(row['ping_max_gap_ms']):>16}"
               f"{spread(row['elapsed_ms']):>18}{spread(row['wall_ms']):>18}")  # fmt: skip
+    phases = ("save_ms", "in_flight_ms", "resume_ms", "stop_to_running_ms")
+    traced = {variant: {phase: summary(r["breakdown"].get(phase) for r in runs
+                                       if r["variant"] == variant and "breakdown" in r)
+                        for phase in phases}
+              for variant in out}  # fmt: skip
+    traced = {v: b for v, b in traced.items() if any(b.values())}
+    if traced:
+        head = f"{'variant':<11}" + "".join(f"{p.removesuffix('_ms'):>22}" for p in phases)
+        print("\nwhere the pause went (qemu trace points), ms: median (min..max)\n" + head
+              + "\n" + "-" * len(head))  # fmt: skip
+        for variant, row in traced.items():
+            cells = (f"{c['median']:.1f} ({c['min']:.1f}..{c['max']:.1f})" if c else "-"
+                     for c in (row[p] for p in phases))  # fmt: skip
+            print(f"{variant:<11}" + "".join(f"{c:>22}" for c in cells))
+        for variant, row in traced.items():
+            out[variant]["breakdown"] = row
     verdict: dict[str, Any] = {}
     for enc in ("tls", "none"):
         ours, base = out.get(f"ours-{enc}"), out.get(f"virsh-{enc}")
@@ -327,6 +430,12 @@ def main() -> int:
         help="extra vm_migrate option for ours (tuning), e.g. max_downtime_ms=10",
     )
     ap.add_argument("--virsh-p2p", action="store_true", help="virsh migrate --p2p")
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="split each pause into phases with qemu's trace points (restarts the guest with "
+        "them; their logging adds a little to the downtime)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "migration_downtime.json"))
     args = ap.parse_args()
     if not 1 <= args.runs <= 100:
@@ -334,7 +443,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     rounds = math.ceil(args.runs / 2)
     tmp = Path(tempfile.mkdtemp(prefix="bn-live-"))
-    bench = Bench(tmp, dict(args.ours_param), args.virsh_p2p)
+    bench = Bench(tmp, dict(args.ours_param), args.virsh_p2p, trace=args.trace)
     started, load_start = time.monotonic(), load()
     runs: list[dict[str, Any]] = []
     try:
@@ -352,7 +461,8 @@ def main() -> int:
                     print(f"round {r} {variant:<10} {row['source']} -> {row['destination']}: "
                           f"downtime {row['downtime_ms']} ms, {row['pings_lost']} pings lost "
                           f"(max gap {row['ping_max_gap_ms']} ms), libvirt {row['elapsed_ms']} ms,"
-                          f" wall {row['wall_ms']} ms, load {row['load']['load1']}",
+                          f" wall {row['wall_ms']} ms, load {row['load']['load1']}"
+                          + (f"; {row['breakdown']}" if "breakdown" in row else ""),
                           flush=True)  # fmt: skip
     finally:
         bench.teardown()
@@ -362,7 +472,7 @@ def main() -> int:
         "benchmark": "live migration downtime", "machine": machine(),
         "load_start": load_start, "load_end": load(), "wall_s": round(time.monotonic() - started),
         "runs_per_variant": args.runs, "ours_params": dict(args.ours_param),
-        "virsh_p2p": args.virsh_p2p, "target_downtime_ms": TARGET_DOWNTIME_MS,
+        "virsh_p2p": args.virsh_p2p, "trace": args.trace, "target_downtime_ms": TARGET_DOWNTIME_MS,
         "setup": setup, "retried_errors": bench.errors,
         "guest_crashes": bench.crashes, **rep, "runs": runs,
     })  # fmt: skip
