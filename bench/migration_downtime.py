@@ -217,13 +217,13 @@ class Bench:
         self.client.add()
         if not self.client.answers(IP):
             raise BenchError(f"{DOMAIN} ({IP}) does not answer the ping client after set-up")
-        # how much data may wait unsent in a TCP socket (the migration_tls role's setting):
-        # what queues in front of the final pass while the guest is paused
         if self.trace:
             print(f"set-up: qemu trace points {', '.join(TRACE_EVENTS)}; restart", flush=True)
             py(self.position, TRACE_ON, DOMAIN, *TRACE_EVENTS)
             if not self.client.answers(IP, attempts=60):
                 raise BenchError(f"{DOMAIN} does not answer after its restart with trace points")
+        # how much data may wait unsent in a TCP socket (the migration_tls role's setting):
+        # what queues in front of the final pass while the guest is paused
         lowat = {h: sh(h, "sysctl -n net.ipv4.tcp_notsent_lowat").strip() for h in HOSTS}
         print(f"set-up: net.ipv4.tcp_notsent_lowat {lowat}", flush=True)
         return {"migrate_instance_s": round(secs, 2), "ledger_downtime_ms": row.get("downtime_ms"),
