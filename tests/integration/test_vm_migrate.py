@@ -353,9 +353,12 @@ def test_tls_setup_is_idempotent(nodes, hosts):
     assert {"mcm-a1", "mcm-a2", "mcm-b1"} <= set(stats)
     assert {h: s["changed"] for h, s in stats.items()} == dict.fromkeys(stats, 0)
     assert not any(s["failures"] or s["unreachable"] for s in stats.values()), stats
-    lowat = {h: hosts[h].run("sysctl -n net.ipv4.tcp_notsent_lowat").stdout.strip()
-             for h in ("mcm-a1", "mcm-a2", "mcm-b1")}  # fmt: skip
+    lowat = {h: notsent_lowat(hosts[h]) for h in ("mcm-a1", "mcm-a2", "mcm-b1")}
     assert lowat == dict.fromkeys(lowat, "16384")
+
+
+def notsent_lowat(host) -> str:
+    return host.run("sysctl -n net.ipv4.tcp_notsent_lowat").stdout.strip()
 
 
 def test_tls_setup_bounds_unsent_tcp_data(nodes, hosts):
@@ -372,17 +375,14 @@ def test_tls_setup_bounds_unsent_tcp_data(nodes, hosts):
         assert proc.returncode == 0, proc.stderr[-2000:]
         return data["stats"]["mcm-a2"]["changed"]
 
-    def lowat() -> str:
-        return host.run("sysctl -n net.ipv4.tcp_notsent_lowat").stdout.strip()
-
     assert host.run("sysctl -w net.ipv4.tcp_notsent_lowat=%s", unlimited).rc == 0
     try:
         assert setup("-e", '{"migration_tls_tcp_notsent_lowat": null}') == 0
-        assert lowat() == unlimited
+        assert notsent_lowat(host) == unlimited
         assert setup("--check") == 1
-        assert lowat() == unlimited
+        assert notsent_lowat(host) == unlimited
         assert setup() == 1
-        assert lowat() == "16384"
+        assert notsent_lowat(host) == "16384"
         conf = host.run("grep -h tcp_notsent_lowat /etc/sysctl.conf").stdout.split()
         assert conf == ["net.ipv4.tcp_notsent_lowat=16384"], conf
     finally:
