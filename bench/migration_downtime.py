@@ -186,7 +186,14 @@ class Bench:
         self.state = tmp / "state"
         self.spec = tmp / "spec.yml"
         self.spec.write_text(yaml.safe_dump(SPEC, sort_keys=False))
-        self.extra = ["-e", f"spec_file={self.spec}", "-e", f"mcm_state_dir={self.state}"]
+        self.extra = [
+            "-e",
+            f"spec_file={self.spec}",
+            "-e",
+            "mcm_state_host=localhost",
+            "-e",
+            f"mcm_state_dir={self.state}",
+        ]
         self.ours_params = ours_params
         self.virsh_p2p = virsh_p2p
         self.trace = trace

@@ -100,7 +100,14 @@ class Side:
         self.state = tmp / f"state-{name}"
         spec = tmp / "spec.yml"
         spec.write_text(yaml.safe_dump(SPEC, sort_keys=False))
-        self.extra = ["-e", f"spec_file={spec}", "-e", f"mcm_state_dir={self.state}"]
+        self.extra = [
+            "-e",
+            f"spec_file={spec}",
+            "-e",
+            "mcm_state_host=localhost",
+            "-e",
+            f"mcm_state_dir={self.state}",
+        ]
 
     def create(self) -> dict[str, str]:
         # The hosts through a placement record (as a migration leaves it), not the spec's

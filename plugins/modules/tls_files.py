@@ -111,12 +111,15 @@ changed_directories:
   elements: str
 """
 
-import hashlib
-import os
-import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.multicloud.migration.plugins.module_utils.host_files import (
+    WantedDirectory,
+    WantedFile,
+    converge,
+)
 
 OWNERSHIP = {
     "owner": {"type": "str", "default": "root"},
@@ -139,79 +142,34 @@ ARGUMENT_SPEC = {
 }
 
 
-def _digest(data: bytes | None) -> str:
-    return "absent" if data is None else "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
-
-
-def _attributes(module: AnsibleModule, path: str, item: dict[str, Any], changed: bool) -> bool:
-    changed = module.set_owner_if_different(path, item["owner"], changed)
-    changed = module.set_group_if_different(path, item["group"], changed)
-    return module.set_mode_if_different(path, item["mode"], changed)
-
-
-def _write(module: AnsibleModule, path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tls_files.", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o600)  # never readable by others, even for a moment
-        module.atomic_move(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def main() -> None:
     module = AnsibleModule(
         argument_spec=ARGUMENT_SPEC,
         supports_check_mode=True,
     )
-    changed_dirs: list[str] = []
-    changed_files: list[str] = []
-    before: list[str] = []
-    after: list[str] = []
-    for item in module.params["directories"]:
-        path = item["path"]
-        missing = not os.path.isdir(path)
-        if missing and not module.check_mode:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-        fixed = _attributes(module, path, item, False) if os.path.isdir(path) else False
-        if missing or fixed:
-            changed_dirs.append(path)
-    for item in module.params["files"]:
-        path = item["path"]
-        data = item["content"].encode()
-        current = _read(path)
-        rewrite = current != data
-        if rewrite and not module.check_mode:
-            _write(module, path, data)
-        exists = os.path.exists(path)
-        fixed = _attributes(module, path, item, False) if exists else False
-        if rewrite or fixed:
-            changed_files.append(path)
-            before.append(f"{path}: {_digest(current)}")
-            after.append(f"{path}: {_digest(data)} mode {item['mode']} {item['owner']}:"
-                         f"{item['group']}")  # fmt: skip
-    changed = bool(changed_dirs or changed_files)
+    directories = [WantedDirectory(**item) for item in module.params["directories"]]
+    files = [
+        WantedFile(
+            path=item["path"],
+            data=item["content"].encode(),
+            mode=item["mode"],
+            owner=item["owner"],
+            group=item["group"],
+        )
+        for item in module.params["files"]
+    ]
+    try:
+        changes = converge(directories, files, module.check_mode)
+    except (OSError, KeyError, ValueError) as exc:
+        # KeyError: an unknown owner or group; ValueError: a mode that is not octal
+        module.fail_json(msg=f"tls_files: {exc}")
     result: dict[str, Any] = {
-        "changed": changed,
-        "changed_files": changed_files,
-        "changed_directories": changed_dirs,
+        "changed": changes.changed,
+        "changed_files": changes.files,
+        "changed_directories": changes.directories,
     }
-    if module._diff and changed:
-        result["diff"] = {
-            "before": "".join(f"{line}\n" for line in before),
-            "after": "".join(f"{line}\n" for line in after)
-            + "".join(f"directory {d}\n" for d in changed_dirs),
-        }
+    if module._diff and changes.changed:
+        result["diff"] = changes.diff()
     module.exit_json(**result)
 
 

@@ -1,6 +1,6 @@
 """What the migration lab tests share: a tenant of their own built from a spec and removed
-again, the playbooks run with that spec and state directory, the ledger and placement the
-playbooks write, and where a domain is."""
+again, the playbooks run with that spec and a state directory of their own on the lab's
+state host, the ledger and placement the playbooks write there, and where a domain is."""
 
 from __future__ import annotations
 
@@ -15,15 +15,60 @@ import yaml
 from conftest import ansible_json, migration_tls, run
 
 PLAYBOOK_TIMEOUT = 900
+# The lab's state host (inventories/lab/hosts.yml, group mcm_state) and where the tests
+# keep their state directories on it (one per test or module, removed afterwards).
+STATE_HOST = "mcm-a1"
+TEST_STATE_ROOT = "/var/lib/mcm/test-state"
+
+_READ_STATE = r"""
+import glob, json, os, sys
+root = sys.argv[1]
+rows = []
+for path in glob.glob(os.path.join(root, "migrations", "*.json")):
+    if os.path.basename(path)[:-5].isdigit():
+        with open(path) as handle:
+            rows.append(json.load(handle))
+placement = {}
+if os.path.exists(os.path.join(root, "placement.json")):
+    with open(os.path.join(root, "placement.json")) as handle:
+        placement = json.load(handle)
+print(json.dumps({"rows": sorted(rows, key=lambda r: r["id"]), "placement": placement}))
+"""
+
+
+def state_dir(tmp: Path) -> str:
+    """A state directory of the test's own on the state host (named after its tmp dir)."""
+    return f"{TEST_STATE_ROOT}/{tmp.name}"
+
+
+def read_state(state: str) -> dict[str, Any]:
+    """{rows, placement} of a state directory on the state host."""
+    proc = run(["podman", "exec", STATE_HOST, "python3", "-c", _READ_STATE, state], timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def write_placement(state: str, data: dict[str, Any]) -> None:
+    """Put a placement record into a state directory on the state host."""
+    proc = run(["podman", "exec", "-i", STATE_HOST, "sh", "-c",
+                'mkdir -p "$1" && cat > "$1/placement.json"', "sh", state],
+               input_text=json.dumps(data), timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def remove_state(state: str) -> None:
+    assert state.startswith(TEST_STATE_ROOT + "/"), state
+    run(["podman", "exec", STATE_HOST, "rm", "-rf", state], timeout=60)
 
 
 @contextlib.contextmanager
 def tenant_env(
     tmp: Path, spec: dict[str, Any], tenant: str, hosts: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
-    """create_infra.yml with ``spec`` (state kept under ``tmp``); delete_infra.yml of
-    ``tenant`` afterwards, also when the test failed. Yields {extra, state}: the -e
-    arguments every playbook of the test gets, and the state directory.
+    """create_infra.yml with ``spec`` (state kept in a directory of the test's own on the
+    state host); delete_infra.yml of ``tenant`` afterwards, also when the test failed.
+    Yields {extra, state}: the -e arguments every playbook of the test gets, and the state
+    directory (a path on the state host: read it with ledger() and placement()).
 
     The lab ``hosts`` get the TLS material migrations and their --check plans need first,
     when they do not have it yet (a freshly built lab has none): each test file can run
@@ -31,15 +76,17 @@ def tenant_env(
     migration_tls(hosts)
     spec_file = tmp / "spec.yml"
     spec_file.write_text(yaml.safe_dump(spec))
-    extra = ["-e", f"spec_file={spec_file}", "-e", f"mcm_state_dir={tmp / 'state'}"]
+    state = state_dir(tmp)
+    extra = ["-e", f"spec_file={spec_file}", "-e", f"mcm_state_dir={state}"]
     try:
         made = run(["ansible-playbook", "playbooks/create_infra.yml", *extra],
                    timeout=PLAYBOOK_TIMEOUT)  # fmt: skip
         assert made.returncode == 0, made.stdout[-3000:]
-        yield {"extra": extra, "state": tmp / "state"}
+        yield {"extra": extra, "state": state}
     finally:
         gone = run(["ansible-playbook", "playbooks/delete_infra.yml", "-e", f"tenant={tenant}"],
                    timeout=PLAYBOOK_TIMEOUT)  # fmt: skip
+        remove_state(state)
         assert gone.returncode == 0, gone.stdout[-3000:]
 
 
@@ -52,13 +99,11 @@ def playbook(env: dict[str, Any], name: str, *args: str) -> tuple[int, dict]:
 
 def ledger(env: dict[str, Any]) -> list[dict]:
     """The ledger rows, oldest first."""
-    rows = sorted((env["state"] / "migrations").glob("*.json"), key=lambda p: int(p.stem))
-    return [json.loads(p.read_text()) for p in rows]
+    return read_state(env["state"])["rows"]
 
 
 def placement(env: dict[str, Any]) -> dict:
-    path = env["state"] / "placement.yml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+    return read_state(env["state"])["placement"]
 
 
 def where(hosts: dict[str, Any], domain: str) -> dict[str, str]:

@@ -19,10 +19,10 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import pytest
-import yaml
 
 from conftest import console
 from migration_lab import changed, ledger, playbook, tenant_env
+from migration_lab import placement as read_placement
 from migration_lab import where as domain_states
 
 pytestmark = pytest.mark.lab
@@ -177,7 +177,7 @@ def test_live_keeps_ip_mac_and_the_disk_on_shared_storage(env, hosts):
     rc, again = playbook(env, "create_infra.yml")
     assert rc == 0 and changed(again) == 0, (failures(again), again["stats"])
     assert where(hosts) == {"mcm-b1": "running"}
-    placement = yaml.safe_load((env["state"] / "placement.yml").read_text())
+    placement = read_placement(env)
     assert placement["vms"] == {"shl/s1": "mcm-b1"}
 
 

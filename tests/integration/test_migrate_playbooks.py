@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from conftest import console
 from migration_lab import changed, ledger, playbook, tenant_env
+from migration_lab import placement as read_placement
 from migration_lab import where as domain_states
 
 pytestmark = pytest.mark.lab
@@ -98,7 +98,7 @@ def test_instance_live_block_keeps_ip_and_mac_and_stays_put(env, hosts):
     rc, again = playbook(env, "create_infra.yml")
     assert rc == 0 and changed(again) == 0
     assert where(hosts) == {"mcm-b1": "running"}
-    placement = yaml.safe_load((env["state"] / "placement.yml").read_text())
+    placement = read_placement(env)
     assert placement["vms"] == {"mgp/w1": "mcm-b1"}
 
 

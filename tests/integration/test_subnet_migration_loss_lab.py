@@ -21,7 +21,6 @@ still running, also after a failure.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pytest
 import yaml
 
 from conftest import CONSOLE_DIR, ansible_json, console, run
+from migration_lab import read_state, remove_state, state_dir, write_placement
 
 pytestmark = pytest.mark.lab
 
@@ -100,10 +100,9 @@ def env(hosts, tmp_path_factory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("pls")
     spec = tmp / "spec.yml"
     spec.write_text(yaml.safe_dump(SPEC))
-    state = tmp / "state"
-    state.mkdir()
+    state = state_dir(tmp)
     pins = {f"{TENANT}/{vm}": host for vm, host in PINNED.items()}
-    (state / "placement.yml").write_text(yaml.safe_dump({"networks": {}, "vms": pins}))
+    write_placement(state, {"networks": {}, "vms": pins})
     extra = ["-e", f"spec_file={spec}", "-e", f"mcm_state_dir={state}"]
     client = hosts[CLIENT_HOST]
     try:
@@ -117,6 +116,7 @@ def env(hosts, tmp_path_factory) -> Iterator[dict[str, Any]]:
         client.run("ip link del %s", CLIENT_LEGS[0])
         client.run("ip netns del %s", CLIENT_NS)
         gone = run(["ansible-playbook", "playbooks/delete_infra.yml", "-e", f"tenant={TENANT}"])
+        remove_state(state)
         assert gone.returncode == 0, gone.stdout[-3000:]
 
 
@@ -264,8 +264,8 @@ def test_subnet_moves_losing_at_most_a_few_pings_per_vm(env, hosts):
     stop_pings(client)
     steps = timeline(data)
     results = {vm: parse_ping(client.file(ping_files(vm)[0]).content_string) for vm in VMS}
-    rows = sorted((env["state"] / "migrations").glob("*.json"), key=lambda p: int(p.stem))
-    row = json.loads(rows[-1].read_text()) if rows else {}
+    rows = read_state(env["state"])["rows"]
+    row = rows[-1] if rows else {}
     downtime = {r["vm"].split("/")[-1]: r.get("downtime_ms") for r in row.get("results", [])}
     resets = {r["vm"].split("/")[-1]: r.get("guest_resets") for r in row.get("results", [])}
     # what each guest's console printed on mcm-b1 since the migration began

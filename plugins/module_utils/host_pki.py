@@ -1,0 +1,479 @@
+# Copyright: multicloud.migration contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A cloud host's TLS material for libvirt and qemu: check, request, install (on the host).
+
+The host keeps its own private key: ``request`` makes it on the host (when it is missing
+or not the wanted RSA key) and returns a certificate signing request; the CA on the state
+host signs it (community.crypto, roles/migration_tls); ``install`` writes the certificate,
+the CA certificate and the copies of the key that libvirt and qemu read. ``check`` reads
+everything and lists what is wrong, so a host whose material is valid is left alone (no
+new key, no new certificate, no libvirtd restart).
+
+The files are libvirt's and qemu's default paths (FILES); every path goes through
+``Layout.at`` so that unit tests work in a temporary directory (``root``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .host_files import (
+    Changes,
+    WantedDirectory,
+    WantedFile,
+    attribute_problems,
+    converge,
+    read,
+)
+
+try:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+except ImportError as exc:  # reported by the module (missing_required_lib)
+    CRYPTOGRAPHY_ERROR: ImportError | None = exc
+else:
+    CRYPTOGRAPHY_ERROR = None
+
+STATES = ("check", "request", "installed")
+TLS_PORT = 16514  # libvirtd's TLS port (qemu+tls://)
+
+
+@dataclass(frozen=True)
+class TlsDirectory:
+    path: str
+    mode: str
+    qemu_group: bool = False
+
+
+@dataclass(frozen=True)
+class TlsFile:
+    path: str
+    kind: str  # ca | cert | key
+    mode: str = "0644"
+    qemu_group: bool = False  # group migration_tls_qemu_key_group instead of root
+
+
+# libvirt's defaults (one certificate and key per host, used as server and as client) and
+# qemu's migrate_tls_x509_cert_dir; qemu opens its keys itself (qemu_key_group).
+DIRECTORIES = (
+    TlsDirectory("/etc/pki/CA", "0755"),
+    TlsDirectory("/etc/pki/libvirt", "0755"),
+    TlsDirectory("/etc/pki/libvirt/private", "0750"),
+    TlsDirectory("/etc/pki/qemu", "0750", qemu_group=True),
+)
+KEY = "/etc/pki/libvirt/private/serverkey.pem"  # the one the host generates
+CERTIFICATE = "/etc/pki/libvirt/servercert.pem"  # the one the others are compared with
+FILES = (
+    TlsFile("/etc/pki/CA/cacert.pem", "ca"),
+    TlsFile("/etc/pki/qemu/ca-cert.pem", "ca"),
+    TlsFile(CERTIFICATE, "cert"),
+    TlsFile("/etc/pki/libvirt/clientcert.pem", "cert"),
+    TlsFile("/etc/pki/qemu/server-cert.pem", "cert"),
+    TlsFile("/etc/pki/qemu/client-cert.pem", "cert"),
+    TlsFile(KEY, "key", "0600"),
+    TlsFile("/etc/pki/libvirt/private/clientkey.pem", "key", "0600"),
+    TlsFile("/etc/pki/qemu/server-key.pem", "key", "0640", qemu_group=True),
+    TlsFile("/etc/pki/qemu/client-key.pem", "key", "0640", qemu_group=True),
+)
+LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+# The settings roles/migration_tls writes (its lineinfile tasks): (file option, key, value).
+CONF_SETTINGS = (
+    ("libvirtd_conf", "listen_tls", "1"),
+    ("qemu_conf", "migrate_tls_x509_cert_dir", '"/etc/pki/qemu"'),
+    ("qemu_conf", "migrate_tls_x509_verify", "1"),
+)
+# Under systemd socket activation libvirtd ignores listen_tls: this socket must be enabled.
+SYSTEMD_DIR = "/run/systemd/system"
+TLS_SOCKET_UNIT = "/usr/lib/systemd/system/libvirtd-tls.socket"
+TLS_SOCKET_ENABLED = "/etc/systemd/system/sockets.target.wants/libvirtd-tls.socket"
+
+
+class PkiError(Exception):
+    """The task fails; str(exc) names the host, the file and what to do."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the files are and who owns them (``root``: a prefix for unit tests)."""
+
+    root: str = "/"
+    owner: str = "root"
+    group: str = "root"
+    qemu_key_group: str = "root"
+    libvirtd_conf: str = LIBVIRTD_CONF
+    qemu_conf: str = QEMU_CONF
+
+    def at(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def group_of(self, qemu_group: bool) -> str:
+        return self.qemu_key_group if qemu_group else self.group
+
+    def directories(self, only: Sequence[str] | None = None) -> list[WantedDirectory]:
+        return [
+            WantedDirectory(self.at(d.path), d.mode, self.owner, self.group_of(d.qemu_group))
+            for d in DIRECTORIES
+            if only is None or d.path in only
+        ]
+
+    def files(self, content: dict[str, bytes]) -> list[WantedFile]:
+        """Every file of FILES with the content of its kind (``content["ca"]`` ...)."""
+        return [
+            WantedFile(self.at(f.path), content[f.kind], f.mode, self.owner,
+                       self.group_of(f.qemu_group))  # fmt: skip
+            for f in FILES
+        ]
+
+
+def pem_bytes(text: str) -> bytes:
+    """A PEM as written to the files: no surrounding blank lines, one final newline."""
+    return text.strip().encode() + b"\n"
+
+
+# --- reading certificates and keys ------------------------------------------------------
+
+
+def load_certificate(data: bytes) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return None
+
+
+def load_key(data: bytes) -> object | None:
+    try:
+        return serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):  # TypeError: an encrypted key
+        return None
+
+
+def public_der(key: object) -> bytes:
+    return key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def key_problem(key: object | None, key_size: int) -> str | None:
+    """Why this key is not the wanted one (None: it is an RSA key of ``key_size`` bits)."""
+    if key is None:
+        return "not a readable PEM private key"
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return f"not an RSA key ({type(key).__name__}), want RSA {key_size} bits"
+    if key.key_size != key_size:
+        return f"RSA {key.key_size} bits, want RSA {key_size} bits"
+    return None
+
+
+def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """The certificate names ``ca`` as its issuer and its signature verifies with the CA's
+    public key (cryptography 38, the lab hosts' version, has no verify_directly_issued_by)."""
+    if cert.issuer != ca.subject:
+        return False
+    key = ca.public_key()
+    signature, data = cert.signature, cert.tbs_certificate_bytes
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, data, padding.PKCS1v15(), cert.signature_hash_algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, data, ec.ECDSA(cert.signature_hash_algorithm))
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def not_after(cert: x509.Certificate) -> datetime.datetime:
+    aware = getattr(cert, "not_valid_after_utc", None)  # cryptography >= 42
+    if aware is not None:
+        return aware
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+def missing_names(cert: x509.Certificate, dns_names: Sequence[str],
+                  ip_addresses: Sequence[str]) -> list[str]:  # fmt: skip
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = {name.lower() for name in san.get_values_for_type(x509.DNSName)}
+        ips = set(san.get_values_for_type(x509.IPAddress))
+    except x509.ExtensionNotFound:
+        dns, ips = set(), set()
+    missing = [f"DNS:{name}" for name in dns_names if name.lower() not in dns]
+    missing += [f"IP:{a}" for a in ip_addresses if ipaddress.ip_address(a) not in ips]
+    return missing
+
+
+# --- check ------------------------------------------------------------------------------
+
+
+def conf_value(text: str, key: str) -> str | None:
+    """The value of the last uncommented ``key = value`` line (libvirt's conf syntax)."""
+    value = None
+    for line in text.splitlines():
+        found = re.match(rf"^\s*{re.escape(key)}\s*=\s*(.*?)\s*$", line)
+        if found:
+            value = found.group(1)
+    return value
+
+
+def conf_problems(layout: Layout, allowed_dn_list: Sequence[str] | None) -> list[str]:
+    problems = []
+    texts: dict[str, str | None] = {}
+    for option in ("libvirtd_conf", "qemu_conf"):
+        data = read(layout.at(getattr(layout, option)))
+        texts[option] = None if data is None else data.decode(errors="replace")
+        if data is None:
+            problems.append(f"{layout.at(getattr(layout, option))}: missing")
+    for option, key, want in CONF_SETTINGS:
+        text = texts[option]
+        if text is None:
+            continue
+        have = conf_value(text, key)
+        if have != want:
+            where = layout.at(getattr(layout, option))
+            now = "not set" if have is None else f"{key} = {have}"
+            problems.append(f"{where}: {now}, want {key} = {want}")
+    text = texts["libvirtd_conf"]
+    if allowed_dn_list is not None and text is not None:
+        have = conf_value(text, "tls_allowed_dn_list")
+        try:
+            have_list = None if have is None else json.loads(have)
+        except ValueError:
+            have_list = have
+        if have_list != (list(allowed_dn_list) or None):
+            want = json.dumps(list(allowed_dn_list)) if allowed_dn_list else "no such line"
+            problems.append(f"{layout.at(layout.libvirtd_conf)}: tls_allowed_dn_list = "
+                            f"{have}, want {want}")  # fmt: skip
+    return problems
+
+
+def tcp_answers(address: str, port: int, timeout: float) -> str | None:
+    """None when something accepts a TCP connection there, else why not."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a valid set of files looks like (the module's options)."""
+
+    ca_pem: str = ""
+    dns_names: Sequence[str] = ()
+    ip_addresses: Sequence[str] = ()
+    key_size: int = 3072
+    renew_before_days: int = 30
+    allowed_dn_list: Sequence[str] | None = None  # None: not checked
+    verify_address: str | None = None  # None: the TLS port is not checked
+    verify_port: int = TLS_PORT
+    verify_timeout: float = 3.0
+
+
+def check(
+    layout: Layout,
+    expected: Expected,
+    now: datetime.datetime | None = None,
+    connect: Callable[[str, int, float], str | None] = tcp_answers,
+) -> list[str]:
+    """Every problem of the host's TLS material, each naming its file; [] when valid."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    problems: list[str] = []
+    for directory in layout.directories():
+        if not os.path.isdir(directory.path):
+            problems.append(f"{directory.path}: missing directory")
+            continue
+        problems += [f"{directory.path}: {p}" for p in attribute_problems(
+            directory.path, directory.mode, directory.owner, directory.group)]  # fmt: skip
+    present: dict[str, bytes] = {}
+    for wanted in layout.files(dict.fromkeys(("ca", "cert", "key"), b"")):
+        data = read(wanted.path)
+        if data is None:
+            problems.append(f"{wanted.path}: missing")
+            continue
+        present[wanted.path] = data
+        problems += [f"{wanted.path}: {p}" for p in attribute_problems(
+            wanted.path, wanted.mode, wanted.owner, wanted.group)]  # fmt: skip
+
+    ca_pem = pem_bytes(expected.ca_pem) if expected.ca_pem.strip() else None
+    ca = load_certificate(ca_pem) if ca_pem else None
+    if ca is None:
+        problems.append("ca_pem: no CA certificate to compare with (the CA is not made yet)")
+    for f in FILES:
+        path = layout.at(f.path)
+        if f.kind == "ca" and ca_pem and path in present and present[path] != ca_pem:
+            problems.append(f"{path}: not the CA certificate of the state host")
+
+    cert_path, key_path = layout.at(CERTIFICATE), layout.at(KEY)
+    cert = load_certificate(present[cert_path]) if cert_path in present else None
+    if cert_path in present and cert is None:
+        problems.append(f"{cert_path}: not a PEM certificate")
+    if cert is not None:
+        if ca is not None and not signed_by(cert, ca):
+            problems.append(f"{cert_path}: not signed by the CA of the state host "
+                            f"(issuer {cert.issuer.rfc4514_string()})")  # fmt: skip
+        expires = not_after(cert)
+        if expires <= now:
+            problems.append(f"{cert_path}: expired on {expires:%Y-%m-%d}")
+        elif expires <= now + datetime.timedelta(days=expected.renew_before_days):
+            problems.append(f"{cert_path}: expires on {expires:%Y-%m-%d}, within "
+                            f"{expected.renew_before_days} days")  # fmt: skip
+        missing = missing_names(cert, expected.dns_names, expected.ip_addresses)
+        if missing:
+            problems.append(f"{cert_path}: no subject alternative name {', '.join(missing)}")
+    key = load_key(present[key_path]) if key_path in present else None
+    if key_path in present:
+        wrong = key_problem(key, expected.key_size)
+        if wrong:
+            problems.append(f"{key_path}: {wrong}")
+        if key is not None and cert is not None and public_der(key) != public_der(cert.public_key()):
+            problems.append(f"{key_path}: does not match the certificate {cert_path}")
+    for f in FILES:
+        path = layout.at(f.path)
+        original = {"cert": cert_path, "key": key_path}.get(f.kind)
+        if original and path != original and path in present and original in present:
+            if present[path] != present[original]:
+                problems.append(f"{path}: differs from {original}")
+
+    problems += conf_problems(layout, expected.allowed_dn_list)
+    if os.path.isdir(layout.at(SYSTEMD_DIR)) and os.path.exists(layout.at(TLS_SOCKET_UNIT)):
+        if not os.path.lexists(layout.at(TLS_SOCKET_ENABLED)):
+            problems.append(f"{layout.at(TLS_SOCKET_ENABLED)}: missing (libvirtd-tls.socket "
+                            "not enabled)")  # fmt: skip
+    if expected.verify_address:
+        error = connect(expected.verify_address, expected.verify_port, expected.verify_timeout)
+        if error:
+            problems.append(f"libvirtd: no TLS listener on {expected.verify_address}:"
+                            f"{expected.verify_port} ({error})")  # fmt: skip
+    return problems
+
+
+# --- request ----------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    key_generated: bool = False
+    reason: str | None = None  # why a key was (or would be) generated
+    csr: str | None = None  # None in check mode when the key is still to be made
+    changes: Changes = field(default_factory=Changes)
+
+
+def make_csr(key: rsa.RSAPrivateKey, common_name: str, organization: str,
+             dns_names: Sequence[str], ip_addresses: Sequence[str]) -> str:  # fmt: skip
+    """The host's request: used by libvirtd and qemu as server and as client certificate."""
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+        ]))  # fmt: skip
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_encipherment=True, content_commitment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    csr = builder.sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def request(layout: Layout, expected: Expected, common_name: str, organization: str,
+            check_mode: bool) -> Request:  # fmt: skip
+    """Keep a valid key (RSA of the wanted size) or make one; return the CSR (never the key)."""
+    key_path = layout.at(KEY)
+    data = read(key_path)
+    key = load_key(data) if data is not None else None
+    reason = "missing" if data is None else key_problem(key, expected.key_size)
+    result = Request(reason=reason)
+    if reason is not None:
+        result.key_generated = True
+        if check_mode:
+            result.changes.files.append(key_path)
+            result.changes.before.append(f"{key_path}: {reason}")
+            result.changes.after.append(f"{key_path}: a new RSA {expected.key_size} bits key")
+            return result
+        key = rsa.generate_private_key(public_exponent=65537, key_size=expected.key_size)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        wanted_key = WantedFile(key_path, pem, "0600", layout.owner, layout.group)
+        parents = ("/etc/pki/libvirt", "/etc/pki/libvirt/private")
+        result.changes = converge(layout.directories(only=parents), [wanted_key], False)
+        # the diff names the file and the new key's kind, never a digest of the key
+        result.changes.before = [f"{key_path}: {reason}"]
+        result.changes.after = [f"{key_path}: a new RSA {expected.key_size} bits key"]
+    result.csr = make_csr(key, common_name, organization, expected.dns_names,  # type: ignore[arg-type]
+                          expected.ip_addresses)  # fmt: skip
+    return result
+
+
+# --- installed --------------------------------------------------------------------------
+
+
+def install(layout: Layout, certificate: str, ca_pem: str, check_mode: bool,
+            host: str | None = None) -> Changes:  # fmt: skip
+    """Write the certificate, the CA certificate and the key's copies; refuse a certificate
+    the CA did not sign or that does not belong to this host's key."""
+    host = host or socket.gethostname()
+    key_path, cert_path = layout.at(KEY), layout.at(CERTIFICATE)
+    ca_data, cert_data = pem_bytes(ca_pem), pem_bytes(certificate)
+    ca = load_certificate(ca_data)
+    if ca is None:
+        raise PkiError(f"{host}: ca_pem is not a PEM certificate: pass the CA certificate "
+                       "of the state host")  # fmt: skip
+    cert = load_certificate(cert_data)
+    if cert is None:
+        raise PkiError(f"{host}: certificate is not a PEM certificate: pass the certificate "
+                       f"the CA signed for {cert_path}")  # fmt: skip
+    key_data = read(key_path)
+    if key_data is None:
+        raise PkiError(f"{host}: {key_path} is missing: make the key and its request first "
+                       "(state=request), then have the CA sign that request")  # fmt: skip
+    key = load_key(key_data)
+    if key is None:
+        raise PkiError(f"{host}: {key_path} is not a readable private key: run state=request "
+                       "(it replaces the key), then have the CA sign the new request")  # fmt: skip
+    if not signed_by(cert, ca):
+        raise PkiError(
+            f"{host}: the certificate for {cert_path} (subject {cert.subject.rfc4514_string()}, "
+            f"issuer {cert.issuer.rfc4514_string()}) is not signed by the CA in ca_pem "
+            f"({ca.subject.rfc4514_string()}): have that CA sign this host's request "
+            "(state=request)"
+        )
+    if public_der(key) != public_der(cert.public_key()):
+        raise PkiError(
+            f"{host}: the certificate for {cert_path} does not match the private key "
+            f"{key_path} (it was signed for another key, or for an older request): have the "
+            "CA sign the request state=request returns now"
+        )
+    content = {"ca": ca_data, "cert": cert_data, "key": key_data}
+    return converge(layout.directories(), layout.files(content), check_mode)
