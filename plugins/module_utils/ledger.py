@@ -61,6 +61,8 @@ OWNER_TIMEOUT_S = 30
 # process writing the state kills itself with SIGKILL there, once.
 KILL_POINT_FILE = ".kill-at"
 KILL_POINTS = ("locked", "written")
+# Fields a read adds to an owned row (record_task): never stored.
+READ_ONLY_FIELDS = ("owner_state", "heartbeat_age_s")
 # Keys whose values are mappings (host -> a VM's layout there), not names.
 STRUCTURED_KEYS = ("layout",)
 
@@ -375,7 +377,9 @@ class StateDir:
         with self.locked(write=not check_mode):
             here = {r["id"]: r for r in self.rows()}
             added = []
-            for row in rows:
+            for read in rows:
+                # what gather adds to a row as it reads it is not part of the row
+                row = {k: v for k, v in read.items() if k not in READ_ONLY_FIELDS}
                 row_id = int(row["id"])
                 if row_id in here:
                     if here[row_id] != dict(row):

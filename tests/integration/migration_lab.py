@@ -19,6 +19,9 @@ PLAYBOOK_TIMEOUT = 900
 # keep their state directories on it (one per test or module, removed afterwards).
 STATE_HOST = "mcm-a1"
 TEST_STATE_ROOT = "/var/lib/mcm/test-state"
+# ... but every test uses the lab's one migration CA (mcm_pki_dir's default with the
+# default state directory): a CA per test would reissue every host's certificate.
+LAB_PKI_DIR = "/var/lib/mcm/state/pki"
 
 _READ_STATE = r"""
 import glob, json, os, sys
@@ -39,6 +42,11 @@ print(json.dumps({"rows": sorted(rows, key=lambda r: r["id"]), "placement": plac
 def state_dir(tmp: Path) -> str:
     """A state directory of the test's own on the state host (named after its tmp dir)."""
     return f"{TEST_STATE_ROOT}/{tmp.name}"
+
+
+def state_args(state: str) -> list[str]:
+    """The -e arguments that give a playbook the test's state directory."""
+    return ["-e", f"mcm_state_dir={state}", "-e", f"mcm_pki_dir={LAB_PKI_DIR}"]
 
 
 def read_state(state: str) -> dict[str, Any]:
@@ -77,7 +85,7 @@ def tenant_env(
     spec_file = tmp / "spec.yml"
     spec_file.write_text(yaml.safe_dump(spec))
     state = state_dir(tmp)
-    extra = ["-e", f"spec_file={spec_file}", "-e", f"mcm_state_dir={state}"]
+    extra = ["-e", f"spec_file={spec_file}", *state_args(state)]
     try:
         made = run(["ansible-playbook", "playbooks/create_infra.yml", *extra],
                    timeout=PLAYBOOK_TIMEOUT)  # fmt: skip

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from conftest import CONSOLE_DIR, ansible_json, console, run
-from migration_lab import read_state, remove_state, state_dir, write_placement
+from migration_lab import read_state, remove_state, state_args, state_dir, write_placement
 
 pytestmark = pytest.mark.lab
 
@@ -103,7 +103,7 @@ def env(hosts, tmp_path_factory) -> Iterator[dict[str, Any]]:
     state = state_dir(tmp)
     pins = {f"{TENANT}/{vm}": host for vm, host in PINNED.items()}
     write_placement(state, {"networks": {}, "vms": pins})
-    extra = ["-e", f"spec_file={spec}", "-e", f"mcm_state_dir={state}"]
+    extra = ["-e", f"spec_file={spec}", *state_args(state)]
     client = hosts[CLIENT_HOST]
     try:
         made = run(["ansible-playbook", "playbooks/create_infra.yml", *extra])
