@@ -21,6 +21,7 @@ import json
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +45,8 @@ except ImportError as exc:  # reported by the module (missing_required_lib)
 else:
     CRYPTOGRAPHY_ERROR = None
 
+# datetime.UTC is Python 3.11+; the module runs on the hosts' python3, which may be older.
+UTC = datetime.timezone.utc  # noqa: UP017
 STATES = ("check", "request", "installed")
 TLS_PORT = 16514  # libvirtd's TLS port (qemu+tls://)
 
@@ -73,15 +76,18 @@ DIRECTORIES = (
 )
 KEY = "/etc/pki/libvirt/private/serverkey.pem"  # the one the host generates
 CERTIFICATE = "/etc/pki/libvirt/servercert.pem"  # the one the others are compared with
+LIBVIRT_CA = "/etc/pki/CA/cacert.pem"
+LIBVIRT_CLIENT_CERT = "/etc/pki/libvirt/clientcert.pem"
+LIBVIRT_CLIENT_KEY = "/etc/pki/libvirt/private/clientkey.pem"
 FILES = (
-    TlsFile("/etc/pki/CA/cacert.pem", "ca"),
+    TlsFile(LIBVIRT_CA, "ca"),
     TlsFile("/etc/pki/qemu/ca-cert.pem", "ca"),
     TlsFile(CERTIFICATE, "cert"),
-    TlsFile("/etc/pki/libvirt/clientcert.pem", "cert"),
+    TlsFile(LIBVIRT_CLIENT_CERT, "cert"),
     TlsFile("/etc/pki/qemu/server-cert.pem", "cert"),
     TlsFile("/etc/pki/qemu/client-cert.pem", "cert"),
     TlsFile(KEY, "key", "0600"),
-    TlsFile("/etc/pki/libvirt/private/clientkey.pem", "key", "0600"),
+    TlsFile(LIBVIRT_CLIENT_KEY, "key", "0600"),
     TlsFile("/etc/pki/qemu/server-key.pem", "key", "0640", qemu_group=True),
     TlsFile("/etc/pki/qemu/client-key.pem", "key", "0640", qemu_group=True),
 )
@@ -130,8 +136,9 @@ class Layout:
     def files(self, content: dict[str, bytes]) -> list[WantedFile]:
         """Every file of FILES with the content of its kind (``content["ca"]`` ...)."""
         return [
-            WantedFile(self.at(f.path), content[f.kind], f.mode, self.owner,
-                       self.group_of(f.qemu_group))  # fmt: skip
+            WantedFile(
+                self.at(f.path), content[f.kind], f.mode, self.owner, self.group_of(f.qemu_group)
+            )
             for f in FILES
         ]
 
@@ -158,8 +165,8 @@ def load_key(data: bytes) -> object | None:
         return None
 
 
-def public_der(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
+def public_der(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
@@ -187,7 +194,7 @@ def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
             key.verify(signature, data, padding.PKCS1v15(), cert.signature_hash_algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, data, ec.ECDSA(cert.signature_hash_algorithm))
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
             key.verify(signature, data)
         else:
             return False
@@ -200,7 +207,7 @@ def not_after(cert: x509.Certificate) -> datetime.datetime:
     aware = getattr(cert, "not_valid_after_utc", None)  # cryptography >= 42
     if aware is not None:
         return aware
-    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return cert.not_valid_after.replace(tzinfo=UTC)
 
 
 def missing_names(cert: x509.Certificate, dns_names: Sequence[str],
@@ -260,13 +267,42 @@ def conf_problems(layout: Layout, allowed_dn_list: Sequence[str] | None) -> list
     return problems
 
 
-def tcp_answers(address: str, port: int, timeout: float) -> str | None:
-    """None when something accepts a TCP connection there, else why not."""
+@dataclass(frozen=True)
+class TlsClient:
+    """What libvirtd_answers needs for a TLS handshake as libvirt's own client would make."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    served: bytes  # DER of the certificate libvirtd must present (its servercert.pem)
+
+
+def libvirtd_answers(address: str, port: int, timeout: float,
+                     client: TlsClient | None) -> str | None:  # fmt: skip
+    """None when libvirtd answers there, else what is wrong.
+
+    Without ``client`` a TCP connect is enough. With it, a TLS handshake with the host's
+    client certificate, verified against its CA, and the certificate libvirtd presents
+    compared with the one on disk: libvirtd reads its certificates only when it starts,
+    so a run that replaced them but never restarted it (a failed handler) shows here.
+    """
     try:
-        with socket.create_connection((address, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return str(exc) or type(exc).__name__
+        with socket.create_connection((address, port), timeout=timeout) as raw:
+            if client is None:
+                return None
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False  # the names are checked on the file (SANs)
+            context.load_verify_locations(cafile=client.ca_file)
+            context.load_cert_chain(client.cert_file, client.key_file)
+            with context.wrap_socket(raw) as tls:
+                served = tls.getpeercert(binary_form=True)
+    except OSError as exc:  # ssl.SSLError is an OSError
+        what = "TLS handshake failed" if isinstance(exc, ssl.SSLError) else "no answer"
+        return f"{what} on {address}:{port} ({exc})"
+    if served != client.served:
+        return (f"serves another certificate on {address}:{port} than the one installed: "
+                "not restarted since its certificates changed")  # fmt: skip
+    return None
 
 
 @dataclass(frozen=True)
@@ -284,15 +320,71 @@ class Expected:
     verify_timeout: float = 3.0
 
 
+@dataclass
+class Findings:
+    """What check found: every problem, and whether the host needs a new certificate."""
+
+    problems: list[str] = field(default_factory=list)
+    # The certificate or the key is missing or not valid (signature, expiry, names, key):
+    # a new key request and certificate are needed. Otherwise installing the files again
+    # (copies, modes) with the current certificate is enough.
+    reissue: bool = False
+    # libvirtd does not answer on its TLS port with the installed certificate: restart it.
+    restart: bool = False
+
+
 def check(
     layout: Layout,
     expected: Expected,
     now: datetime.datetime | None = None,
-    connect: Callable[[str, int, float], str | None] = tcp_answers,
-) -> list[str]:
-    """Every problem of the host's TLS material, each naming its file; [] when valid."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    problems: list[str] = []
+    connect: Callable[[str, int, float, TlsClient | None], str | None] = libvirtd_answers,
+) -> Findings:
+    """Every problem of the host's TLS material, each naming its file; none when valid."""
+    findings = Findings()
+    present = _present_files(layout, findings.problems)
+    ca_pem = pem_bytes(expected.ca_pem) if expected.ca_pem.strip() else None
+    ca = load_certificate(ca_pem) if ca_pem else None
+    if ca is None:
+        findings.problems.append(
+            "ca_pem: no CA certificate to compare with (the CA is not made yet)"
+        )
+    for f in FILES:
+        path = layout.at(f.path)
+        if f.kind == "ca" and ca_pem and path in present and present[path] != ca_pem:
+            findings.problems.append(f"{path}: not the CA certificate of the state host")
+    own = _certificate_problems(layout, expected, present, ca, now or datetime.datetime.now(UTC))
+    absent = layout.at(CERTIFICATE) not in present or layout.at(KEY) not in present
+    findings.reissue = bool(own) or absent or ca is None
+    findings.problems += own
+    findings.problems += _copy_problems(layout, present)
+    findings.problems += conf_problems(layout, expected.allowed_dn_list)
+    if os.path.isdir(layout.at(SYSTEMD_DIR)) and os.path.exists(layout.at(TLS_SOCKET_UNIT)):
+        if not os.path.lexists(layout.at(TLS_SOCKET_ENABLED)):
+            findings.problems.append(f"{layout.at(TLS_SOCKET_ENABLED)}: missing "
+                                     "(libvirtd-tls.socket not enabled)")  # fmt: skip
+    if expected.verify_address:
+        # The full handshake needs valid files: with other problems the role reissues or
+        # reinstalls them (and restarts libvirtd when its files change) anyway.
+        client = None
+        if not findings.problems:
+            cert = load_certificate(present[layout.at(CERTIFICATE)])
+            client = TlsClient(
+                ca_file=layout.at(LIBVIRT_CA),
+                cert_file=layout.at(LIBVIRT_CLIENT_CERT),
+                key_file=layout.at(LIBVIRT_CLIENT_KEY),
+                served=cert.public_bytes(serialization.Encoding.DER),  # type: ignore[union-attr]
+            )
+        error = connect(
+            expected.verify_address, expected.verify_port, expected.verify_timeout, client
+        )
+        if error:
+            findings.problems.append(f"libvirtd: {error}")
+            findings.restart = True
+    return findings
+
+
+def _present_files(layout: Layout, problems: list[str]) -> dict[str, bytes]:
+    """The contents of the files there; missing ones and wrong attributes in ``problems``."""
     for directory in layout.directories():
         if not os.path.isdir(directory.path):
             problems.append(f"{directory.path}: missing directory")
@@ -308,21 +400,24 @@ def check(
         present[wanted.path] = data
         problems += [f"{wanted.path}: {p}" for p in attribute_problems(
             wanted.path, wanted.mode, wanted.owner, wanted.group)]  # fmt: skip
+    return present
 
-    ca_pem = pem_bytes(expected.ca_pem) if expected.ca_pem.strip() else None
-    ca = load_certificate(ca_pem) if ca_pem else None
-    if ca is None:
-        problems.append("ca_pem: no CA certificate to compare with (the CA is not made yet)")
-    for f in FILES:
-        path = layout.at(f.path)
-        if f.kind == "ca" and ca_pem and path in present and present[path] != ca_pem:
-            problems.append(f"{path}: not the CA certificate of the state host")
 
+def _certificate_problems(
+    layout: Layout,
+    expected: Expected,
+    present: dict[str, bytes],
+    ca: x509.Certificate | None,
+    now: datetime.datetime,
+) -> list[str]:
+    """What is wrong with the certificate and the key themselves (a reissue fixes it; a
+    missing one is already reported)."""
+    problems: list[str] = []
     cert_path, key_path = layout.at(CERTIFICATE), layout.at(KEY)
     cert = load_certificate(present[cert_path]) if cert_path in present else None
     if cert_path in present and cert is None:
         problems.append(f"{cert_path}: not a PEM certificate")
-    if cert is not None:
+    elif cert is not None:
         if ca is not None and not signed_by(cert, ca):
             problems.append(f"{cert_path}: not signed by the CA of the state host "
                             f"(issuer {cert.issuer.rfc4514_string()})")  # fmt: skip
@@ -335,30 +430,26 @@ def check(
         missing = missing_names(cert, expected.dns_names, expected.ip_addresses)
         if missing:
             problems.append(f"{cert_path}: no subject alternative name {', '.join(missing)}")
-    key = load_key(present[key_path]) if key_path in present else None
-    if key_path in present:
-        wrong = key_problem(key, expected.key_size)
-        if wrong:
-            problems.append(f"{key_path}: {wrong}")
-        if key is not None and cert is not None and public_der(key) != public_der(cert.public_key()):
-            problems.append(f"{key_path}: does not match the certificate {cert_path}")
+    if key_path not in present:
+        return problems
+    key = load_key(present[key_path])
+    wrong = key_problem(key, expected.key_size)
+    if wrong:
+        problems.append(f"{key_path}: {wrong}")
+    elif key and cert and public_der(key.public_key()) != public_der(cert.public_key()):  # type: ignore[attr-defined]
+        problems.append(f"{key_path}: does not match the certificate {cert_path}")
+    return problems
+
+
+def _copy_problems(layout: Layout, present: dict[str, bytes]) -> list[str]:
+    """libvirt's and qemu's copies that differ from the certificate or the key."""
+    originals = {"cert": layout.at(CERTIFICATE), "key": layout.at(KEY)}
+    problems = []
     for f in FILES:
-        path = layout.at(f.path)
-        original = {"cert": cert_path, "key": key_path}.get(f.kind)
+        path, original = layout.at(f.path), originals.get(f.kind)
         if original and path != original and path in present and original in present:
             if present[path] != present[original]:
                 problems.append(f"{path}: differs from {original}")
-
-    problems += conf_problems(layout, expected.allowed_dn_list)
-    if os.path.isdir(layout.at(SYSTEMD_DIR)) and os.path.exists(layout.at(TLS_SOCKET_UNIT)):
-        if not os.path.lexists(layout.at(TLS_SOCKET_ENABLED)):
-            problems.append(f"{layout.at(TLS_SOCKET_ENABLED)}: missing (libvirtd-tls.socket "
-                            "not enabled)")  # fmt: skip
-    if expected.verify_address:
-        error = connect(expected.verify_address, expected.verify_port, expected.verify_timeout)
-        if error:
-            problems.append(f"libvirtd: no TLS listener on {expected.verify_address}:"
-                            f"{expected.verify_port} ({error})")  # fmt: skip
     return problems
 
 
@@ -378,23 +469,32 @@ def make_csr(key: rsa.RSAPrivateKey, common_name: str, organization: str,
     """The host's request: used by libvirtd and qemu as server and as client certificate."""
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+    ])  # fmt: skip
     builder = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-        ]))  # fmt: skip
+        .subject_name(subject)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=False)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=True, content_commitment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_encipherment=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
-        )  # fmt: skip
+        )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
     )
@@ -439,12 +539,20 @@ def request(layout: Layout, expected: Expected, common_name: str, organization: 
 # --- installed --------------------------------------------------------------------------
 
 
-def install(layout: Layout, certificate: str, ca_pem: str, check_mode: bool,
+def install(layout: Layout, certificate: str | None, ca_pem: str, check_mode: bool,
             host: str | None = None) -> Changes:  # fmt: skip
-    """Write the certificate, the CA certificate and the key's copies; refuse a certificate
-    the CA did not sign or that does not belong to this host's key."""
+    """Write the certificate (None: keep the installed one), the CA certificate and the
+    key's copies; refuse a certificate the CA did not sign or that does not belong to this
+    host's key."""
     host = host or socket.gethostname()
     key_path, cert_path = layout.at(KEY), layout.at(CERTIFICATE)
+    if certificate is None:
+        installed = read(cert_path)
+        if installed is None:
+            raise PkiError(f"{host}: no certificate given and none at {cert_path}: make a "
+                           "request (state=request), have the CA sign it, pass the result as "
+                           "certificate")  # fmt: skip
+        certificate = installed.decode(errors="replace")
     ca_data, cert_data = pem_bytes(ca_pem), pem_bytes(certificate)
     ca = load_certificate(ca_data)
     if ca is None:
@@ -469,7 +577,7 @@ def install(layout: Layout, certificate: str, ca_pem: str, check_mode: bool,
             f"({ca.subject.rfc4514_string()}): have that CA sign this host's request "
             "(state=request)"
         )
-    if public_der(key) != public_der(cert.public_key()):
+    if public_der(key.public_key()) != public_der(cert.public_key()):
         raise PkiError(
             f"{host}: the certificate for {cert_path} does not match the private key "
             f"{key_path} (it was signed for another key, or for an older request): have the "
@@ -477,3 +585,13 @@ def install(layout: Layout, certificate: str, ca_pem: str, check_mode: bool,
         )
     content = {"ca": ca_data, "cert": cert_data, "key": key_data}
     return converge(layout.directories(), layout.files(content), check_mode)
+
+
+def libvirtd_reads(layout: Layout, changes: Changes) -> bool:
+    """Whether a changed path is one libvirtd reads when it starts (it needs a restart);
+    qemu opens the files of /etc/pki/qemu itself at every migration."""
+    qemu_dir = layout.at("/etc/pki/qemu")
+    return any(
+        path != qemu_dir and not path.startswith(qemu_dir + "/")
+        for path in changes.files + changes.directories
+    )
