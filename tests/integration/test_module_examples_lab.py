@@ -303,6 +303,35 @@ def verify_tls_files(results: dict[str, dict], hosts: dict) -> None:
     sh(hosts[HOST], f"rm -rf {TLS_EXAMPLE_DIR}")
 
 
+# The lab's CA on its state host (setup_migration_tls.yml made it; the role reads it there).
+LAB_STATE_HOST, LAB_PKI_DIR = "mcm-a1", "/var/lib/mcm/state/pki"
+MISSING_QEMU_CERT = "/etc/pki/qemu/client-cert.pem"
+
+
+def host_certificate_setup() -> list[dict]:
+    return [
+        {"name": "The CA certificate of the state host",
+         "ansible.builtin.slurp": {"src": f"{LAB_PKI_DIR}/ca-cert.pem"},
+         "delegate_to": LAB_STATE_HOST, "register": "ex_ca"},
+        {"name": "ca_pem",
+         "ansible.builtin.set_fact": {"ca_pem": "{{ ex_ca.content | b64decode }}"}},
+    ]  # fmt: skip
+
+
+def verify_host_certificate(results: dict[str, dict], hosts: dict) -> None:
+    """One copy missing: the check names it, no reissue; installed puts it back only."""
+    check = results["Is this host's TLS material in place and valid"]
+    assert check["problems"] == [f"{MISSING_QEMU_CERT}: missing"], check["problems"]
+    assert not check["reissue"] and not check["ok"] and not check["changed"]
+    installed = results["Certificate, CA certificate and the key's copies for libvirt and qemu"]
+    assert installed["changed_files"] == [MISSING_QEMU_CERT]
+    assert not installed["libvirtd_restart"]
+    request = results["Key (kept when valid) and certificate signing request, made on the host"]
+    assert "skip_reason" in request
+    same = sh(hosts[HOST], f"cmp {MISSING_QEMU_CERT} /etc/pki/libvirt/clientcert.pem && echo same")
+    assert same.strip() == "same"
+
+
 def verify_migration_record(results: dict[str, dict], _hosts: dict) -> None:
     row = results["Close it and record where the VM lives now"]["row"]
     assert row["status"] == "completed" and row["downtime_ms"] == 42 and row["ended"]
@@ -454,6 +483,15 @@ RUNNERS: dict[str, Runner] = {
     ),
     # files in /etc/mcm-example on mcm-a2 (removed by the set-up and after the check)
     "tls_files": Runner(setup={HOST: f"rm -rf {TLS_EXAMPLE_DIR}"}, verify=verify_tls_files),
+    # one copy of mcm-a2's certificate removed: the check names it, installed puts it back
+    # (no new key, no signing); the CA is the lab's, on its state host
+    "host_certificate": Runner(
+        setup={HOST: f"rm -f {MISSING_QEMU_CERT}"},
+        before=lambda hosts: migration_tls(hosts, (HOST,)),
+        setup_tasks=host_certificate_setup,
+        play_vars=lambda _examples: {"state_host": LAB_STATE_HOST, "pki_dir": LAB_PKI_DIR},
+        verify=verify_host_certificate,
+    ),
     # the controller-side ledger and placement record, in a temporary state directory
     "migration_record": Runner(
         hosts="localhost",
