@@ -324,6 +324,7 @@ NEEDS_STATE = [
     ("confirm_migration.yml", "-e", "id=1"),
     ("revert_migration.yml", "-e", "id=1"),
     ("setup_migration_tls.yml",),
+    ("gather_infra.yml", "-e", "gather_out=/tmp/mcm-gather-unreachable.yml"),
 ]
 
 
@@ -331,6 +332,7 @@ NEEDS_STATE = [
 def test_with_the_state_host_unreachable_every_playbook_refuses_before_any_change(env, argv):
     rc, data = env["a"].run(*argv, "-e", "mcm_state_host=mcm-gone")
     assert rc != 0
+    assert not Path("/tmp/mcm-gather-unreachable.yml").exists()
     text = messages(data)
     assert "the state host mcm-gone" in text and "Nothing was changed" in text, text[-3000:]
     assert all(s.get("changed", 0) == 0 for s in data["stats"].values()), data["stats"]
