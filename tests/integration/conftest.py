@@ -15,7 +15,7 @@ import yaml
 
 # The figures test_vm_migrate/test_vm_modules measure, printed in the terminal summary;
 # pytest finds a hook by its name in a conftest, hence the otherwise unused import.
-from report import pytest_terminal_summary  # noqa: F401
+from report import pytest_terminal_summary  # noqa: F401  # pylint: disable=unused-import
 
 import lab  # registered by tests/conftest.py
 

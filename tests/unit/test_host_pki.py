@@ -272,7 +272,7 @@ def tls_server(cert_file: str, key_file: str, ca_file: str) -> tuple[int, object
     server = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
-        connection, _ = server.accept()
+        connection, _address = server.accept()
         try:
             with context.wrap_socket(connection, server_side=True) as tls:
                 tls.recv(1)
