@@ -57,6 +57,12 @@ demo: lab
 # make lint: every step fails the target. On 2 cores about 45 s when ansible-test's sanity
 # virtualenvs are cached (~/.ansible/test/venv), about 1.5 min on a machine without them.
 # - ruff check and ruff format --check;
+# - vermin and .ci/runtime_unions.py, 3.9 target, on plugins/modules and plugins/module_utils:
+#   what runs on the managed hosts must run on their python3 (RHEL 9's is 3.9). vermin
+#   finds `X | Y` type unions only with a heuristic that also flags every annotation, so
+#   runtime_unions.py looks for those outside annotations. The controller-side plugins
+#   (action, filter, connection, plugin_utils) follow the controller's floor: ansible-core
+#   2.19 needs Python 3.11 there;
 # - antsibull-changelog lint (changelogs/; tests/unit/test_changelog.py builds the release
 #   changelog in a copy, because a release here would consume the fragments);
 # - ansible-lint, production profile (.ansible-lint);
@@ -74,6 +80,9 @@ demo: lab
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/vermin --no-config-file -t=3.9- --violations --no-tips --no-make-paths-absolute \
+		plugins/modules plugins/module_utils
+	$(PY) .ci/runtime_unions.py plugins/modules plugins/module_utils
 	$(VENV)/bin/antsibull-changelog lint
 	$(VENV)/bin/ansible-lint
 	@set -euo pipefail; \

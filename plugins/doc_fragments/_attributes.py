@@ -6,9 +6,14 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
+    # The Python floor of what runs on the managed hosts (the modules and the module_utils
+    # they import): RHEL 9's python3 is 3.9. `make lint` holds them to it (vermin and
+    # .ci/runtime_unions.py). Both fragments below carry it, so every module declares it.
     # Modules that converge a list of resources to a desired state.
     DOCUMENTATION = r"""
 options: {}
+requirements:
+  - Python 3.9 or later on the managed host
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -26,6 +31,8 @@ attributes:
     # Modules that only read.
     INFO_MODULE = r"""
 options: {}
+requirements:
+  - Python 3.9 or later on the managed host
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.

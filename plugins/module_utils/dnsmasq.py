@@ -178,7 +178,7 @@ def normalize_instance(raw: Mapping[str, Any]) -> dict[str, Any]:
 
     dhcp_range = raw.get("range")
     if dhcp_range is not None:
-        if not isinstance(dhcp_range, Sequence) or isinstance(dhcp_range, str | bytes):
+        if not isinstance(dhcp_range, Sequence) or isinstance(dhcp_range, (str, bytes)):
             raise _fail(name, "range: must be a list [first, last]")
         if len(dhcp_range) != 2:
             raise _fail(name, f"range: must be [first, last], got {len(dhcp_range)} items")

@@ -172,7 +172,7 @@ def _addr_right(net: ipaddress.IPv4Network) -> Any:
 
 def ports_right(value: Any, what: str = "ports") -> Any:
     """``22`` / ``"22"`` -> 22; ``"8000-8080"`` -> {"range": [8000, 8080]}."""
-    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    text = str(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else ""
     match = _PORTS_RE.match(text)
     if match is None:
         raise FirewallError(f"{what}: {value!r} is not a port or a range of ports (8000-8080)")

@@ -776,7 +776,7 @@ def _plain(value: Any) -> Any:
     """Builtin types only (Ansible hands over str/int subclasses PyYAML cannot represent)."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, bool) or value is None:
         return value

@@ -402,7 +402,7 @@ def migration_params(
 
 def _num(stats: Mapping[str, Any], key: str) -> int | None:
     value = stats.get(key)
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def progress_sample(stats: Mapping[str, Any] | None, elapsed: float) -> dict[str, Any] | None:

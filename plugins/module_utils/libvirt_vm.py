@@ -1415,7 +1415,8 @@ def run_vm_volume(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) 
             raise
         if check_mode:
             after = {}
-            for key, vol in zip(before, want, strict=True):
+            for vol in want:
+                key = (vol["pool"], vol["name"])
                 if state == "deleted":
                     after[key] = None
                 else:
@@ -1435,7 +1436,7 @@ def run_vm_volume(params: Mapping[str, Any], check_mode: bool, diff_mode: bool) 
                     )
                     after[key] = predicted
         else:
-            after = {key: read(vol) for key, vol in zip(before, want, strict=True)}
+            after = {(vol["pool"], vol["name"]): read(vol) for vol in want}
         result: dict[str, Any] = {
             "changed": bool(changes),
             "changes": changes,

@@ -102,10 +102,11 @@ def parse_storage_map(value: Any) -> dict[str, dict[str, str | None]]:
     if not value:
         return {}
     if isinstance(value, str):
-        value = {
-            src: dict(zip(("pool", "path"), (*dst.split(":", 1), None)[:2], strict=True))
-            for src, dst in _pairs(value, "storage_map").items()
-        }
+        parsed: dict[str, dict[str, str | None]] = {}
+        for src, dst in _pairs(value, "storage_map").items():
+            pool, colon, path = dst.partition(":")
+            parsed[src] = {"pool": pool, "path": path if colon else None}
+        value = parsed
     if not isinstance(value, Mapping):
         raise PlanError(f"{STORAGE_FORMS}; got {type(value).__name__}")
     out: dict[str, dict[str, str | None]] = {}

@@ -109,7 +109,7 @@ def parse_progress(text: str | None) -> dict[str, Any] | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 

@@ -44,7 +44,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, Optional, Union
 
 from ansible_collections.multicloud.migration.plugins.module_utils import rtnl
 
@@ -153,8 +153,9 @@ def ns_label(namespace: str | None) -> str:
     return ROOT_LABEL if namespace is None else namespace
 
 
-# Quoted: only annotations use it, and module_utils must import on older target Pythons.
-Scope: TypeAlias = "str | Iterable[str] | None"
+# typing.Union, not `str | Iterable[str] | None` or typing.TypeAlias: module_utils run on
+# the managed hosts' Python, 3.9 and later (make lint runs vermin on them).
+Scope = Optional[Union[str, Iterable[str]]]  # noqa: UP007, UP045
 
 
 def scope_list(scope: Scope) -> list[str]:
@@ -239,7 +240,7 @@ def describe(change: Mapping[str, Any]) -> str:
     for key, value in details.items():
         if isinstance(value, Mapping) and set(value) == {"from", "to"}:
             parts.append(f"{key} {_fmt(value['from'])} -> {_fmt(value['to'])}")
-        elif isinstance(value, list | tuple):
+        elif isinstance(value, (list, tuple)):
             parts.append(f"{key}=[{', '.join(_fmt(v) for v in value)}]")
         else:
             parts.append(f"{key}={_fmt(value)}")
@@ -1261,7 +1262,7 @@ def _line(record: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
         if isinstance(value, Mapping):
             inner = " ".join(f"{k}={_fmt(v)}" for k, v in value.items() if v is not None)
             parts.append(f"{key}=({inner})")
-        elif isinstance(value, list | tuple):
+        elif isinstance(value, (list, tuple)):
             parts.append(f"{key}=[{', '.join(_fmt(v) for v in value)}]")
         else:
             parts.append(f"{key}={_fmt(value)}")

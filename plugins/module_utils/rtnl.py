@@ -131,6 +131,11 @@ class Kind:
         self.request, self.answer, self.attrs = request, answer, attrs
         self.header = struct.Struct("=" + header)
         self.fields = fields
+        # Every value the header unpacks gets a name: checked once here, so the decoder can
+        # zip fields and values without zip(strict=True), which Python 3.9 lacks.
+        count = len(self.header.unpack(bytes(self.header.size)))
+        if count != len(fields):
+            raise ValueError(f"header {header!r} holds {count} values, {len(fields)} names given")
 
 
 KINDS: dict[str, Kind] = {
@@ -218,7 +223,7 @@ def decode(data: bytes, kind: Kind, seq: int) -> tuple[list[Message], bool, bool
         elif msg_type == kind.answer:
             values = kind.header.unpack_from(data, body)
             attrs = decode_attrs(data, body + kind.header.size, offset + length, kind.attrs)
-            messages.append(Message(zip(kind.fields, values, strict=True), attrs))
+            messages.append(Message(zip(kind.fields, values), attrs))  # noqa: B905 (Kind checks)
         offset += (length + 3) & ~3
     return messages, False, interrupted
 
@@ -233,7 +238,7 @@ def _ctypes() -> tuple[Any, Any]:
 def setns(fd: int) -> None:
     """Move the calling thread into the network namespace ``fd`` refers to."""
     if hasattr(os, "setns"):  # Python 3.12 and later
-        os.setns(fd, CLONE_NEWNET)
+        os.setns(fd, CLONE_NEWNET)  # novm: guarded, libc's setns below on older Pythons
         return
     ctypes, libc = _ctypes()
     if libc.setns(fd, CLONE_NEWNET) != 0:

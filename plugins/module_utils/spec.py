@@ -231,7 +231,7 @@ def _kind(value: Any) -> str:
         return f"a string ({value!r})"
     if isinstance(value, Mapping):
         return "a mapping"
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return "a list"
     return f"a {type(value).__name__}"
 
@@ -259,7 +259,7 @@ def parse_size_mib(value: Any) -> int:
     """
     if isinstance(value, bool):
         raise ValueError(f"must be a size such as 256MiB or 1GiB, got {_kind(value)}")
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"must be a finite size, got {value}")
         amount = Fraction(repr(value)) * 1024  # repr: 0.1 means one tenth, not a binary float
