@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,14 +34,60 @@ def test_checkout_resolves_as_the_collection():
     assert link.resolve() == ROOT
 
 
-def test_build_and_install(tmp_path):
+# What the tarball holds: what a user installs. Everything else of the checkout (the lab,
+# the benchmarks and their results, the tests, the Makefile, the dev requirements, tool
+# settings, the AWX objects that AWX reads from a checkout of the repository, the
+# execution-environment recipe that builds from build/) stays out through galaxy.yml's
+# build_ignore.
+SHIPPED_TOP_LEVEL = {
+    "MANIFEST.json",  # written by the build (from galaxy.yml)
+    "FILES.json",
+    "README.md",
+    "LICENSE",
+    "plugins",
+    "roles",
+    "playbooks",
+    "meta",
+    "docs",
+    "changelogs",
+    "requirements.txt",  # meta/execution-environment.yml points ansible-builder at these two
+    "bindep.txt",
+    "inventories",  # inventories/example/ only
+}
+NOT_SHIPPED = ("lab", "bench", "tests", ".ci", "collections", "extensions", "awx", "build")
+NOT_SHIPPED_FILES = ("Makefile", "requirements-dev.txt", "ansible.cfg", "pyproject.toml",
+                     "execution-environment.yml", "importer_result.json", "galaxy.yml")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
     build = subprocess.run(
-        [BIN / "ansible-galaxy", "collection", "build", "--output-path", tmp_path, ROOT],
+        [BIN / "ansible-galaxy", "collection", "build", "--output-path", out, ROOT],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr
-    tarball = tmp_path / "multicloud-migration-0.1.0.tar.gz"
-    assert tarball.exists()
+    path = out / "multicloud-migration-0.1.0.tar.gz"
+    assert path.exists()
+    return path
+
+
+def test_tarball_holds_only_what_users_install(tarball):
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert sorted({n.split("/", 1)[0] for n in names} - SHIPPED_TOP_LEVEL) == []
+    inventories = [n.split("/")[1] for n in names if n.startswith("inventories/")]
+    assert set(inventories) <= {"example"}  # not inventories/lab, inventories/lab-ssh
+    for top in NOT_SHIPPED:
+        assert not [n for n in names if n == top or n.startswith(top + "/")], top
+    assert [n for n in names if n in NOT_SHIPPED_FILES] == []
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert {"plugins/modules/vm_migrate.py", "roles/tenant_infra/tasks/main.yml",
+            "playbooks/create_infra.yml", "meta/execution-environment.yml",
+            "docs/examples/tenants.yml", "changelogs/changelog.yaml"} <= set(names)  # fmt: skip
+
+
+def test_build_and_install(tarball, tmp_path):
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
     assert "galaxy.yml" not in names  # the build writes MANIFEST.json instead
