@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "collections") not in sys.path:
@@ -24,3 +25,10 @@ def _load_lab() -> None:
 
 
 _load_lab()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Each area's test time against its line of the budget (tests/budget.py)."""
+    import budget  # tests/ is on sys.path while pytest imports this conftest
+
+    budget.terminal_summary(terminalreporter)
