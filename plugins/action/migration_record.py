@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shlex
 import socket
 import uuid
 from typing import Any
@@ -76,11 +75,11 @@ class ActionModule(ControllerAction):
             def beat() -> bool:
                 return StateDir(state_dir).beat(row_id, token)
         else:
-            path = shlex.quote(f"{state_dir}/migrations/{row_id}.beat")
-            command = f'[ "$(cat {path} 2>/dev/null)" = {shlex.quote(token)} ] && touch {path}'
+            command = heartbeat.beat_command(f"{state_dir}/migrations/{row_id}.beat", token)
 
             def beat() -> bool:
-                return self._low_level_execute_command(command, sudoable=True)["rc"] == 0
+                rc = self._low_level_execute_command(command, sudoable=True)["rc"]
+                return heartbeat.still_owner(rc)
 
         def run() -> None:
             display._final_q = None  # the worker's queue to ansible-playbook is not ours

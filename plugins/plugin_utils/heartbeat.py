@@ -15,11 +15,37 @@ ansible-playbook lives; only the state host's clock dates the beats.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 
-# beat() -> still the owner (False: the row was closed or taken over: stop)
+# beat() -> still the owner (False: the row was closed or taken over: stop); an exception
+# is a beat that did not reach the state host (tried again)
 Beat = Callable[[], bool]
+# The exit status of the remote beat when the beat file no longer names this run: any
+# other failure (ssh's 255 for an unreachable host, say) is not an answer about the owner.
+NOT_OWNER_RC = 3
+
+
+class BeatFailed(Exception):
+    """The beat did not reach the state host: no answer about the owner."""
+
+
+def beat_command(path: str, token: str) -> str:
+    """The shell command that beats on a remote state host: touch the beat file while it
+    names ``token``, else exit NOT_OWNER_RC."""
+    quoted = shlex.quote(path)
+    return (f'if [ "$(cat {quoted} 2>/dev/null)" = {shlex.quote(token)} ]; '
+            f"then touch {quoted}; else exit {NOT_OWNER_RC}; fi")  # fmt: skip
+
+
+def still_owner(rc: int) -> bool:
+    """The answer of beat_command's exit status; BeatFailed when it gives none."""
+    if rc == 0:
+        return True
+    if rc == NOT_OWNER_RC:
+        return False
+    raise BeatFailed(f"the beat exited with {rc}")
 
 
 def alive(pid: int) -> bool:

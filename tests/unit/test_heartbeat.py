@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 heartbeat = importlib.import_module(
     "ansible_collections.multicloud.migration.plugins.plugin_utils.heartbeat"
 )
@@ -74,3 +76,25 @@ print("spawned")
     while not marker.exists():
         assert time.monotonic() < deadline, "the detached process never ran"
         time.sleep(0.1)
+
+
+def test_the_remote_beat_touches_only_its_own_file_and_tells_a_failure_from_an_answer(tmp_path):
+    """Exit 0: beat; NOT_OWNER_RC: the file names another run or is gone (stop); anything
+    else (ssh's 255 for an unreachable state host) is no answer: BeatFailed, retried."""
+    beat_file = tmp_path / "7.beat"
+    beat_file.write_text("mine")
+    os.utime(beat_file, (1, 1))
+
+    def run(token: str) -> int:
+        command = heartbeat.beat_command(str(beat_file), token)
+        return subprocess.run(["sh", "-c", command], check=False).returncode
+
+    assert run("mine") == 0 and beat_file.stat().st_mtime > 1
+    os.utime(beat_file, (1, 1))
+    assert run("theirs") == heartbeat.NOT_OWNER_RC and beat_file.stat().st_mtime == 1
+    beat_file.unlink()
+    assert run("mine") == heartbeat.NOT_OWNER_RC and not beat_file.exists()
+    assert heartbeat.still_owner(0) is True and heartbeat.still_owner(3) is False
+    for rc in (1, 255):
+        with pytest.raises(heartbeat.BeatFailed):
+            heartbeat.still_owner(rc)
