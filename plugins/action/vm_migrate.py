@@ -192,7 +192,7 @@ class ActionModule(ActionBase):
                 progress_file=progress_file,
             )  # fmt: skip
             if status is not None:
-                self._finish(jid, async_dir, progress_file, status, task_vars)
+                self._finish(jid, results_file, progress_file, status)
         finally:
             # a tmpdir made by async_status on a connection without pipelining
             self._remove_tmp_path(self._connection._shell.tmpdir)
@@ -258,6 +258,10 @@ class ActionModule(ActionBase):
             progress_text, job_text = split_output(res.get("stdout"))
             job = parse_progress(job_text)
             unread = 0 if job is not None else unread + 1
+            if job is not None and job_finished(job) and "started" not in job:
+                # the module's own result, as async_wrapper wrote it (atomically): what
+                # async_status would return, without running it
+                return {**job, "finished": True, "ansible_job_id": jid}
             if job_finished(job) or unread >= MAX_UNREAD:
                 return self._final_status(jid, async_dir, task_vars)
             now = time.monotonic()
@@ -289,25 +293,22 @@ class ActionModule(ActionBase):
         return status
 
     def _finish(
-        self,
-        jid: str,
-        async_dir: str,
-        progress_file: str,
-        status: dict[str, Any],
-        task_vars: dict[str, Any],
+        self, jid: str, results_file: str, progress_file: str, status: dict[str, Any]
     ) -> None:
-        """Remove the async job's status file and, when the module may not have removed it
-        (killed, crashed), the progress file; a failure here only warns."""
-        done = {}
-        if status.get("msg") != "could not find job":  # async_status: no job file to remove
-            done = self._async_status(jid, "cleanup", async_dir, task_vars)
-        if done.get("failed"):
-            display.warning(f"vm_migrate: async job {jid} not cleaned up: {done.get('msg')}")
-        if not status.get("failed"):
-            return  # the module removed it (and async_wrapper the default one's directory)
-        res = self._low_level_execute_command(f"rm -f {shlex.quote(progress_file)}", sudoable=True)
+        """Remove the async job's file (what async_status mode=cleanup does) and, when the
+        module may not have removed it (killed, crashed), the progress file, in one command;
+        a failure here only warns."""
+        paths = [] if status.get("msg") == "could not find job" else [results_file]
+        if status.get("failed"):
+            paths.append(progress_file)  # else the module removed it
+        if not paths:
+            return
+        res = self._low_level_execute_command(
+            "rm -f " + " ".join(shlex.quote(p) for p in paths), sudoable=True
+        )
         if res.get("rc") != 0:
-            display.warning(f"vm_migrate: {progress_file} not removed: {res.get('stderr')}")
+            display.warning(f"vm_migrate: async job {jid}'s files {', '.join(paths)} not "
+                            f"removed: {res.get('stderr')}")  # fmt: skip
 
     def _async_status(
         self, jid: str, mode: str, async_dir: str, task_vars: dict[str, Any]

@@ -47,7 +47,7 @@ else:
 
 # datetime.UTC is Python 3.11+; the module runs on the hosts' python3, which may be older.
 UTC = datetime.timezone.utc  # noqa: UP017
-STATES = ("check", "request", "installed")
+STATES = ("check", "request", "installed", "ca")
 TLS_PORT = 16514  # libvirtd's TLS port (qemu+tls://)
 
 
@@ -223,6 +223,70 @@ def missing_names(cert: x509.Certificate, dns_names: Sequence[str],
     return missing
 
 
+# --- the CA on the state host -------------------------------------------------------------
+
+# The files roles/migration_tls makes in the state host's pki directory (community.crypto).
+CA_KEY, CA_CSR, CA_CERT = "ca-key.pem", "ca.csr", "ca-cert.pem"
+
+
+@dataclass(frozen=True)
+class ExpectedCa:
+    """The CA the role would make (its options): what a valid one looks like."""
+
+    common_name: str
+    organization: str
+    key_size: int = 3072
+
+
+def check_ca(pki_dir: str, expected: ExpectedCa,
+             now: datetime.datetime | None = None) -> tuple[str, list[str]]:  # fmt: skip
+    """(the CA certificate PEM or "", problems) of the CA in ``pki_dir``: no problem means
+    the role's CA tasks would change nothing (directory 0700, key 0600 of the wanted size,
+    its request and a self-signed, unexpired CA certificate of that key and subject)."""
+    problems: list[str] = []
+    try:
+        mode = os.stat(pki_dir).st_mode & 0o7777
+    except FileNotFoundError:
+        return "", [f"{pki_dir}: missing (the CA is not made yet)"]
+    if mode != 0o700:
+        problems.append(f"{pki_dir}: mode {mode:04o}, want 0700")
+    contents: dict[str, bytes] = {}
+    for name, want in ((CA_KEY, 0o600), (CA_CSR, 0o600), (CA_CERT, 0o644)):
+        path = os.path.join(pki_dir, name)
+        data = read(path)
+        if data is None:
+            problems.append(f"{path}: missing")
+            continue
+        contents[name] = data
+        mode = os.stat(path).st_mode & 0o7777
+        if mode != want:
+            problems.append(f"{path}: mode {mode:04o}, want {want:04o}")
+    key = load_key(contents[CA_KEY]) if CA_KEY in contents else None
+    if CA_KEY in contents:
+        why = key_problem(key, expected.key_size)
+        if why:
+            problems.append(f"{os.path.join(pki_dir, CA_KEY)}: {why}")
+            key = None
+    cert = load_certificate(contents[CA_CERT]) if CA_CERT in contents else None
+    cert_path = os.path.join(pki_dir, CA_CERT)
+    if CA_CERT in contents and cert is None:
+        problems.append(f"{cert_path}: not a readable PEM certificate")
+    if cert is not None:
+        subject = {a.oid: a.value for a in cert.subject}
+        if (subject.get(NameOID.COMMON_NAME) != expected.common_name
+                or subject.get(NameOID.ORGANIZATION_NAME) != expected.organization):  # fmt: skip
+            problems.append(f"{cert_path}: subject {cert.subject.rfc4514_string()}, want CN="
+                            f"{expected.common_name}, O={expected.organization}")  # fmt: skip
+        if key is not None and public_der(cert.public_key()) != public_der(key.public_key()):  # type: ignore[attr-defined]
+            problems.append(f"{cert_path}: not the certificate of {CA_KEY}")
+        if not signed_by(cert, cert):
+            problems.append(f"{cert_path}: not self-signed")
+        if not_after(cert) <= (now or datetime.datetime.now(UTC)):
+            problems.append(f"{cert_path}: expired on {not_after(cert):%Y-%m-%d}")
+    pem = contents[CA_CERT].decode("ascii", "replace") if cert is not None else ""
+    return pem, problems
+
+
 # --- check ------------------------------------------------------------------------------
 
 
@@ -318,6 +382,8 @@ class Expected:
     verify_address: str | None = None  # None: the TLS port is not checked
     verify_port: int = TLS_PORT
     verify_timeout: float = 3.0
+    # sysctl name -> wanted value (the role's TCP settings); empty: none checked
+    sysctls: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -362,6 +428,7 @@ def check(
         if not os.path.lexists(layout.at(TLS_SOCKET_ENABLED)):
             findings.problems.append(f"{layout.at(TLS_SOCKET_ENABLED)}: missing "
                                      "(libvirtd-tls.socket not enabled)")  # fmt: skip
+    findings.problems += sysctl_problems(layout, expected.sysctls)
     if expected.verify_address:
         # The full handshake needs valid files: with other problems the role reissues or
         # reinstalls them (and restarts libvirtd when its files change) anyway.
@@ -381,6 +448,22 @@ def check(
             findings.problems.append(f"libvirtd: {error}")
             findings.restart = True
     return findings
+
+
+def sysctl_problems(layout: Layout, wanted: dict[str, str]) -> list[str]:
+    """Each sysctl whose value (/proc/sys) is not the wanted one."""
+    problems = []
+    for name, value in sorted(wanted.items()):
+        path = layout.at("/proc/sys/" + name.replace(".", "/"))
+        try:
+            with open(path, encoding="ascii") as handle:
+                now = " ".join(handle.read().split())
+        except OSError as exc:
+            problems.append(f"sysctl {name}: cannot be read ({exc.strerror})")
+            continue
+        if now != " ".join(str(value).split()):
+            problems.append(f"sysctl {name}: {now}, want {value}")
+    return problems
 
 
 def _present_files(layout: Layout, problems: list[str]) -> dict[str, bytes]:

@@ -102,8 +102,11 @@ MODE_CHOICES = (*MODES, "auto")
 DEFAULT_SHARED_PATHS = ("/var/lib/mcm/shared",)
 DEFAULT_MAX_DOWNTIME_MS = 30
 # Seconds the destination domain is watched after a live migration for a guest reset or
-# crash (a guest kernel that met inconsistent memory panics within a second or two).
-DEFAULT_GUEST_WATCH_S = 3
+# crash (a guest kernel that met inconsistent memory panics within a second or two) when
+# the source's QEMU is known to corrupt the guest's memory (tcg_live_risk). Otherwise
+# (guest_watch_s not given) only the events during the job are reported: no wait.
+RISK_GUEST_WATCH_S = 3.0
+DEFAULT_GUEST_WATCH_S: float | None = None
 DEFAULT_TIMEOUT = 600
 DEFAULT_SHUTDOWN_TIMEOUT = 60
 # Disk formats a cold migration converts to (qemu-img on the source); the destination's
@@ -214,7 +217,7 @@ class MigrateOptions:
     pool_path: str = DEFAULT_POOL_PATH
     dest_xml: str | None = None
     poll_interval: float = 1.0
-    guest_watch_s: float = DEFAULT_GUEST_WATCH_S
+    guest_watch_s: float | None = DEFAULT_GUEST_WATCH_S  # None: RISK_GUEST_WATCH_S or 0
     # cold only (relayout): the disks' pool and format, the NIC's bridge on the destination
     destination_pool: str | None = None
     destination_pool_path: str | None = None
@@ -380,6 +383,12 @@ def tcg_live_risk(domain_type: str | None, version: tuple[int, int, int] | None)
         "destination; upgrade QEMU on the source to 9.0 or later, run the guest under "
         "KVM, or migrate it with mode=cold"
     )
+
+
+def guest_watch_seconds(domain_type: str | None, version: tuple[int, int, int] | None) -> float:
+    """How long to watch the guest after its live migration when guest_watch_s is not
+    given: RISK_GUEST_WATCH_S where a reset is a known risk (tcg_live_risk), else 0."""
+    return RISK_GUEST_WATCH_S if tcg_live_risk(domain_type, version) else 0.0
 
 
 def migration_params(
@@ -782,6 +791,7 @@ class GuestResetWatch:
         self.conn = conn
         self.events: list[tuple[float, str]] = []
         self.ids: list[int] = []
+        self.seconds: float | None = None  # how long to wait after the job (wait's caller)
         self.active = "thread" in _EVENT_LOOP
         if not self.active:
             return
@@ -1512,7 +1522,13 @@ class Migration:
             disks=[d["target"] for d in copied] if copied else None,
         )
         started = time.monotonic()
-        watch = GuestResetWatch(self.dst, self.name) if self.opts.guest_watch_s > 0 else None
+        watch = None
+        if self.opts.guest_watch_s != 0:
+            watch = GuestResetWatch(self.dst, self.name)
+            watch.seconds = self.opts.guest_watch_s
+            if watch.seconds is None:
+                watch.seconds = guest_watch_seconds(parse_domain(dom.XMLDesc(0))["domain_type"],
+                                                    hypervisor_version(self.src))  # fmt: skip
         try:
             for disk in copied:
                 self.create_volume(disk, disk["format"], int(disk["capacity_bytes"] or 0))
@@ -1568,7 +1584,7 @@ class Migration:
         if watch is None:
             return []
         try:
-            events = watch.wait(self.opts.guest_watch_s, time.monotonic())
+            events = watch.wait(watch.seconds, time.monotonic())
         finally:
             watch.close()
         if not watch.active:
@@ -2595,6 +2611,7 @@ def run_vm_migrate(
             f"libvirt connection to {destination} cross the network in plaintext"
         )
     shared_paths = list(params.get("shared_paths") or DEFAULT_SHARED_PATHS)
+    watch_s = None if params.get("guest_watch_s") is None else float(params["guest_watch_s"])
     opts = MigrateOptions(
         migrate_address=address,
         encryption=encryption,
@@ -2606,7 +2623,7 @@ def run_vm_migrate(
         shared_paths=shared_paths,
         pool=params.get("pool") or DEFAULT_POOL,
         pool_path=params.get("pool_path") or DEFAULT_POOL_PATH,
-        guest_watch_s=float(params.get("guest_watch_s", DEFAULT_GUEST_WATCH_S) or 0),
+        guest_watch_s=watch_s,
         destination_pool=params.get("destination_pool") or None,
         destination_pool_path=params.get("destination_pool_path") or None,
         disk_format=params.get("disk_format") or None,

@@ -26,7 +26,8 @@ description:
     libvirtd answers on O(verify_address), port O(verify_port) - with a TLS handshake as
     libvirt's client makes it (the host's client certificate, the CA) presenting the
     installed certificate when everything else is valid, else a TCP connect.
-    RV(problems) lists every problem, each naming its file.
+    RV(problems) lists every problem, each naming its file. With O(sysctls), each of
+    those kernel settings must have its value too (the role's TCP settings).
   - O(state=request) keeps the private key if it is an RSA key of O(key_size) bits and
     otherwise generates one (mode 0600), then returns a certificate signing request
     (RV(csr)) - subject O(common_name) and O(organization), subject alternative names
@@ -42,6 +43,12 @@ description:
     differs. It refuses a certificate that O(ca_pem) did not sign or that does not match the
     host's key, naming the host, the file and what to do. Without O(certificate) it keeps
     the installed one (checked the same way) and installs the rest.
+  - O(state=ca) runs on the state host and changes nothing - the CA that
+    roles/migration_tls makes in O(pki_dir) (C(ca-key.pem) mode 0600, an RSA key of
+    O(key_size) bits; C(ca.csr) 0600; C(ca-cert.pem) 0644, self-signed by that key, subject
+    O(common_name) and O(organization), not expired; the directory 0700). RV(ca_pem) is the
+    CA certificate (public), RV(problems) what the role's CA tasks would make or fix. The
+    key is never returned.
   - File contents are never logged nor shown in a diff - RV(changed_files) and the diff
     name paths and sha256 digests only.
 author: multicloud.migration contributors (@multicloud)
@@ -51,7 +58,7 @@ options:
   state:
     description: What to do; see the description.
     type: str
-    choices: [check, request, installed]
+    choices: [check, request, installed, ca]
     default: check
   ca_pem:
     description:
@@ -66,10 +73,12 @@ options:
         CA certificate and the copies are installed again. What RV(reissue) false allows.
     type: str
   common_name:
-    description: Common name (CN) of the request's subject; required for O(state=request).
+    description:
+      - Common name (CN) of the request's subject; required for O(state=request).
+      - For O(state=ca), the CA certificate's (required).
     type: str
   organization:
-    description: Organization (O) of the request's subject.
+    description: Organization (O) of the request's subject (O(state=ca) - of the CA's).
     type: str
     default: multicloud.migration
   dns_names:
@@ -123,6 +132,15 @@ options:
     description: Seconds to wait for that connection.
     type: float
     default: 3
+  sysctls:
+    description:
+      - O(state=check) - kernel settings (name, value as C(sysctl -n) prints it) the host must
+        have; each other value is a problem. Not checked when empty.
+    type: dict
+    default: {}
+  pki_dir:
+    description: O(state=ca) - the CA's directory on the state host (required).
+    type: path
 extends_documentation_fragment:
   - multicloud.migration._attributes
 notes:
@@ -185,13 +203,15 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ok:
-  description: Whether the host's TLS material is complete and valid (no RV(problems)).
-  returned: state=check
+  description:
+    - Whether the host's TLS material is complete and valid (no RV(problems)); for
+      O(state=ca), the CA.
+  returned: state=check or state=ca
   type: bool
   sample: false
 problems:
-  description: What is wrong, one entry per problem, each naming its file.
-  returned: state=check
+  description: What is wrong, one entry per problem, each naming its file or setting.
+  returned: state=check or state=ca
   type: list
   elements: str
   sample:
@@ -205,6 +225,10 @@ reissue:
       without O(certificate).
   returned: state=check
   type: bool
+ca_pem:
+  description: The CA certificate (PEM, public); empty when it is missing or unreadable.
+  returned: state=ca
+  type: str
 csr:
   description:
     - The certificate signing request (PEM) for the host's key. Not returned in check mode
@@ -248,9 +272,11 @@ from ansible_collections.multicloud.migration.plugins.module_utils.host_pki impo
     STATES,
     TLS_PORT,
     Expected,
+    ExpectedCa,
     Layout,
     PkiError,
     check,
+    check_ca,
     install,
     libvirtd_reads,
     request,
@@ -273,6 +299,8 @@ ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "verify_address": {"type": "str"},
     "verify_port": {"type": "int", "default": TLS_PORT},
     "verify_timeout": {"type": "float", "default": 3.0},
+    "sysctls": {"type": "dict", "default": {}},
+    "pki_dir": {"type": "path"},
 }
 
 
@@ -282,6 +310,7 @@ def main() -> None:
         required_if=[
             ("state", "request", ("common_name",)),
             ("state", "installed", ("ca_pem",)),
+            ("state", "ca", ("pki_dir", "common_name")),
         ],
         supports_check_mode=True,
     )
@@ -305,10 +334,16 @@ def main() -> None:
         verify_address=p["verify_address"],
         verify_port=p["verify_port"],
         verify_timeout=p["verify_timeout"],
+        sysctls={str(k): str(v) for k, v in p["sysctls"].items()},
     )
     result: dict[str, Any] = {"changed": False}
     try:
-        if p["state"] == "check":
+        if p["state"] == "ca":
+            pem, problems = check_ca(p["pki_dir"], ExpectedCa(
+                common_name=p["common_name"], organization=p["organization"],
+                key_size=p["key_size"]))  # fmt: skip
+            result.update(ok=not problems, problems=problems, ca_pem=pem)
+        elif p["state"] == "check":
             findings = check(layout, expected)
             result.update(ok=not findings.problems, problems=findings.problems,
                           reissue=findings.reissue, libvirtd_restart=findings.restart)  # fmt: skip

@@ -133,8 +133,9 @@ options:
         one is returned in RV(guest_resets) and warned about. 0 does not watch.
       - A guest that resets right after its cutover lost its running state although libvirt
         reports success; QEMU before 9.0 causes it for TCG guests (see the notes).
+      - Not given - 3 s when the source runs the guest under TCG with a QEMU before 9.0 (that
+        known cause), else no wait after the job (the events during it are still reported).
     type: float
-    default: 3
   bandwidth_mib:
     description:
       - Bandwidth limit of a live migration in MiB/s (C(VIR_MIGRATE_PARAM_BANDWIDTH));
@@ -504,7 +505,7 @@ def main() -> None:
     for key in ("max_downtime_ms", "timeout"):
         if module.params[key] < 1:
             module.fail_json(msg=f"{key} must be at least 1")
-    if module.params["guest_watch_s"] < 0:
+    if (module.params["guest_watch_s"] or 0) < 0:
         module.fail_json(msg="guest_watch_s must be 0 (no watch) or more")
     if module.params["bandwidth_mib"] is not None and module.params["bandwidth_mib"] < 1:
         module.fail_json(msg="bandwidth_mib must be at least 1 (leave it out for no limit)")

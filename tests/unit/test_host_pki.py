@@ -496,3 +496,95 @@ def test_installed_without_a_certificate_refuses_a_foreign_one(issued, ca, other
         host_pki.PkiError, match=r"no certificate given and none at .*state=request"
     ):
         host_pki.install(issued, None, ca[1], False, host="mcm-x1")
+
+
+# --- sysctls (the role's TCP settings) ------------------------------------------------------
+
+
+def test_sysctls_other_than_wanted_are_problems(issued, ca):
+    proc = issued.at("/proc/sys/net/ipv4")
+    os.makedirs(proc)
+    with open(os.path.join(proc, "tcp_retries2"), "w") as handle:
+        handle.write("15\n")
+    with open(os.path.join(proc, "tcp_notsent_lowat"), "w") as handle:
+        handle.write("16384\n")
+    wanted = {"net.ipv4.tcp_retries2": "5", "net.ipv4.tcp_notsent_lowat": "16384"}
+    only(check(issued, expected(ca[1], sysctls=wanted)), "sysctl net.ipv4.tcp_retries2: 15, want 5")
+    assert check(issued, expected(ca[1], sysctls={"net.ipv4.tcp_notsent_lowat": "16384"})) == []
+    only(check(issued, expected(ca[1], sysctls={"net.ipv4.nope": "1"})),
+         "sysctl net.ipv4.nope: cannot be read")  # fmt: skip
+
+
+# --- the CA on the state host (state=ca) ------------------------------------------------------
+
+CA_NAME, CA_ORG = "mcm test CA", "multicloud.migration"
+
+
+def write_ca(directory, *, cn: str = CA_NAME, days: int = 3650, key_size: int = KEY_SIZE,
+             other_key: bool = False) -> None:  # fmt: skip
+    """The files the role's CA tasks make (community.crypto): key, request, certificate."""
+    directory.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+    signer = (rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE) if other_key
+              else key)  # fmt: skip
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, CA_ORG)])  # fmt: skip
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(signer.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=2))
+        .not_valid_after(NOW + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(signer, hashes.SHA256())
+    )  # fmt: skip
+    for name, data, mode in (
+        ("ca-key.pem", key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()), 0o600),
+        ("ca.csr", csr.public_bytes(serialization.Encoding.PEM), 0o600),
+        ("ca-cert.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644),
+    ):  # fmt: skip
+        (directory / name).write_bytes(data)
+        os.chmod(directory / name, mode)
+
+
+def check_ca(directory, key_size: int = KEY_SIZE) -> tuple[str, list[str]]:
+    return host_pki.check_ca(str(directory), host_pki.ExpectedCa(CA_NAME, CA_ORG, key_size))
+
+
+def test_a_valid_ca_is_ok_and_returns_its_certificate_only(tmp_path):
+    write_ca(tmp_path / "pki")
+    pem, problems = check_ca(tmp_path / "pki")
+    assert problems == []
+    assert pem == (tmp_path / "pki" / "ca-cert.pem").read_text()
+    assert "PRIVATE KEY" not in pem
+
+
+def test_a_missing_ca_is_one_problem(tmp_path):
+    assert check_ca(tmp_path / "pki") == ("", [f"{tmp_path}/pki: missing (the CA is not made yet)"])
+    (tmp_path / "pki").mkdir(mode=0o700)
+    pem, problems = check_ca(tmp_path / "pki")
+    assert pem == ""
+    only(problems, "ca-key.pem: missing", "ca.csr: missing", "ca-cert.pem: missing")
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"cn": "another CA"}, "CN=another CA, want CN=mcm test CA"),
+    ({"days": -1}, "expired on"),
+    ({"other_key": True}, "not the certificate of ca-key.pem"),
+])  # fmt: skip
+def test_a_wrong_ca_certificate(tmp_path, change, needle):
+    write_ca(tmp_path / "pki", **change)
+    _pem, problems = check_ca(tmp_path / "pki")
+    assert any(needle in p for p in problems), problems
+
+
+def test_a_ca_key_of_another_size_and_loose_modes(tmp_path):
+    write_ca(tmp_path / "pki")
+    os.chmod(tmp_path / "pki", 0o755)
+    os.chmod(tmp_path / "pki" / "ca-key.pem", 0o644)
+    _pem, problems = check_ca(tmp_path / "pki", key_size=3072)
+    only(problems, "pki: mode 0755, want 0700", "ca-key.pem: mode 0644, want 0600",
+         f"ca-key.pem: RSA {KEY_SIZE} bits, want RSA 3072 bits")  # fmt: skip

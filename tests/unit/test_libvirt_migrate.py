@@ -1161,3 +1161,12 @@ def test_plan_without_tls_material_warns_of_tcg_too(fake_libvirt, monkeypatch, d
     assert result["mode"] == "live"
     assert_tcg_warning(result, warned)
     assert "no TLS certificates yet" in result["warnings"][-1]
+
+
+@pytest.mark.parametrize(("domain_type", "version", "seconds"),
+                         [("qemu", (7, 2, 22), lm.RISK_GUEST_WATCH_S), ("qemu", (10, 0, 2), 0.0),
+                          ("kvm", (7, 2, 22), 0.0), ("qemu", None, 0.0)])  # fmt: skip
+def test_the_guest_is_watched_after_its_move_only_where_a_reset_is_a_known_risk(
+        domain_type, version, seconds):  # fmt: skip
+    assert lm.guest_watch_seconds(domain_type, version) == seconds
+    assert lm.MigrateOptions().guest_watch_s is None  # not given: guest_watch_seconds decides

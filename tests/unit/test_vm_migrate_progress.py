@@ -440,9 +440,10 @@ def test_action_prints_lines_and_returns_the_module_result(clock, shown):
         mp.format_progress_line("a1", json.loads(record(40))),
     ]
     assert not shown[0][1], "to stdout with a human stdout callback"
-    assert host.reads == 6 and host.status_calls == ["status", "cleanup"]
+    # the job's file held the module's result: no async_status run, one rm of that file
+    assert host.reads == 6 and host.status_calls == []
     # the module removed its progress file; async_wrapper removes the tmpdir
-    assert not [c for c in host.commands if c.startswith("rm ")]
+    assert [c for c in host.commands if c.startswith("rm ")] == ["rm -f /root/.ansible_async/j1"]
 
 
 def test_action_failure_is_the_module_failure(clock, shown):
@@ -454,7 +455,18 @@ def test_action_failure_is_the_module_failure(clock, shown):
     )
     result = act._with_progress(dict(task.args), 3.0, {"inventory_hostname": "a1"})
     assert result == final and not shown
-    assert host.status_calls == ["status", "cleanup"] and "rm -f /tmp/p.json" in host.commands
+    assert host.status_calls == [] and "rm -f /root/.ansible_async/j1 /tmp/p.json" in host.commands
+
+
+def test_action_asks_async_status_when_async_wrapper_reports_the_end(clock, shown):
+    """A job file with async_wrapper's own keys (started, finished: the module was killed
+    or crashed): async_status reads it, as the task executor would."""
+    final = {"started": 1, "finished": 1, "failed": True, "msg": "Timeout exceeded",
+             "child_pid": 42}  # fmt: skip
+    host = FakeHost(0, final, [])
+    act, task, _launched = plugin({"name": "vm1", "destination": "b1"}, host)
+    result = act._with_progress(dict(task.args), 3.0, {"inventory_hostname": "a1"})
+    assert result["failed"] and host.status_calls == ["status"]
 
 
 def test_action_wait_is_bounded(clock, shown):
