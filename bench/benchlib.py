@@ -87,6 +87,12 @@ def playbook(path: str | Path, *args: str, timeout: float = 1800,
     return secs, proc.returncode, data
 
 
+def guest_boot() -> dict[str, str]:
+    """How the lab's VMs boot the guest image: the lab inventory's mcm_vm_boot."""
+    inventory = yaml.safe_load((REPO / "inventories" / "lab" / "hosts.yml").read_text())
+    return {str(k): str(v) for k, v in inventory["all"]["vars"]["mcm_vm_boot"].items()}
+
+
 def write_play(path: Path, hosts: str, name: str, tasks: list[dict[str, Any]]) -> Path:
     """A playbook of one play (no fact gathering) written to ``path``."""
     play = [{"name": name, "hosts": hosts, "gather_facts": False, "tasks": tasks}]

@@ -48,6 +48,7 @@ from benchlib import (
     WAN,
     BenchError,
     checked_playbook,
+    guest_boot,
     libvirt_cleanup,
     load,
     machine,
@@ -71,7 +72,6 @@ SHARED = "/var/lib/mcm/shared/bn-cold"  # cp's copy (the lab's shared directory)
 KEY = "/tmp/bn-cold-key"  # on mcm-a1
 SSH_PORT = 2222
 SIZE_GIB, EXTENTS, EXTENT_MIB = 4, 20, 10
-IMAGES = "/var/lib/mcm/images"
 TARGET_VS_SCP, TARGET_VS_BOUND = 5.0, 2.0
 # A command timed inside a host (no podman exec in the figure).
 TIMED = r"""
@@ -152,8 +152,7 @@ def make_disk() -> None:
         sh(host, f"ip link add {BRIDGE} type bridge && ip link set {BRIDGE} up")
     vm = {"name": DOMAIN, "state": "shutoff", "memory_mib": 128, "vcpus": 1, "bridge": BRIDGE,
           "disk": DISK, "disk_format": "raw",
-          "boot": {"kernel": f"{IMAGES}/vmlinuz", "initrd": f"{IMAGES}/initrd.img",
-                   "cmdline": "console=ttyS0 panic=-1"},
+          "boot": guest_boot(),
           "metadata": {"tenant": "bncold", "network": "net", "vm": "c1"}}  # fmt: skip
     run_play("bn cold guest", [{"name": "bn define", "multicloud.migration.vm": {"config": [vm]}}])
 

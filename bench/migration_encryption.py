@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from benchlib import libvirt_cleanup
+from benchlib import guest_boot, libvirt_cleanup
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -64,8 +64,7 @@ def guest(name: str, **overrides: object) -> dict:
     vm = {
         "name": name, "memory_mib": 128, "vcpus": 1, "bridge": BRIDGE, "disk_mib": 64,
         "image": f"{IMAGES}/disk.qcow2",
-        "boot": {"kernel": f"{IMAGES}/vmlinuz", "initrd": f"{IMAGES}/initrd.img",
-                 "cmdline": "console=ttyS0 panic=-1"},
+        "boot": guest_boot(),
         "console_log": f"{CONSOLE}/{name}.log",
         "metadata": {"tenant": "mgbench", "network": "net", "vm": name},
     }  # fmt: skip

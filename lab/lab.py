@@ -81,6 +81,8 @@ class Topology:
     shared_dir: str
     images_dir: str
     clouds: list[str] = field(default_factory=list)
+    # mcm_vm_boot: how the lab's VMs boot the guest image (kernel, initrd, cmdline)
+    vm_boot: dict[str, str] = field(default_factory=dict)
 
     @property
     def networks(self) -> list[LabNetwork]:
@@ -158,6 +160,7 @@ def parse_topology(inventory: dict) -> Topology:
         shared_dir=str(top_vars.get("lab_shared_dir", "/var/lib/mcm/shared")),
         images_dir=str(top_vars.get("lab_images_dir", "/var/lib/mcm/images")),
         clouds=clouds,
+        vm_boot={str(k): str(v) for k, v in (top_vars.get("mcm_vm_boot") or {}).items()},
     )
     check_topology(topo)
     return topo

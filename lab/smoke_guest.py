@@ -57,7 +57,7 @@ def domain_xml(work: Path, images: Path, volume: str) -> str:
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{images / "vmlinuz"}</kernel>
+    <kernel>{images / "vmlinux"}</kernel>
     <initrd>{images / "initrd.img"}</initrd>
     <cmdline>console=ttyS0 panic=-1 mcm.hostname={NAME}</cmdline>
   </os>

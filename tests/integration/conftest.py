@@ -77,7 +77,9 @@ def ansible_json(argv: list[str], timeout: float = 600) -> tuple[subprocess.Comp
 # ex-...) and touches only those: the scripts below run on a lab host (python3 -c) and
 # take that prefix.
 
-IMAGES = "/var/lib/mcm/images"  # the lab guest: disk.qcow2, vmlinuz, initrd.img
+IMAGES = "/var/lib/mcm/images"  # the lab guest: disk.qcow2, vmlinux, initrd.img
+# How a lab VM boots the guest (kernel, initrd, cmdline): the inventory's mcm_vm_boot.
+GUEST_BOOT = lab.load_topology().vm_boot
 CONSOLE_DIR = "/var/lib/mcm/console"
 
 # What libvirt knows about the domains and volumes whose name starts with the prefix.
@@ -192,11 +194,7 @@ def lab_guest(name: str, tenant: str, bridge: str, console_dir: str = CONSOLE_DI
         "bridge": bridge,
         "disk_mib": 64,
         "image": f"{IMAGES}/disk.qcow2",
-        "boot": {
-            "kernel": f"{IMAGES}/vmlinuz",
-            "initrd": f"{IMAGES}/initrd.img",
-            "cmdline": f"console=ttyS0 panic=-1 mcm.hostname={name}",
-        },
+        "boot": {**GUEST_BOOT, "cmdline": f"{GUEST_BOOT['cmdline']} mcm.hostname={name}"},
         "console_log": f"{console_dir}/{name}.log",
         "metadata": {"tenant": tenant, "network": "net", "vm": name.removeprefix(f"{tenant}-")},
         "shutdown_timeout": 5,

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import (
-    IMAGES,
+    GUEST_BOOT,
     ansible_json,
     host_python,
     lab_bridge,
@@ -57,8 +57,7 @@ def guest(hosts, tmp_path):
             lab_bridge(hosts[name], BRIDGE)
         vm = {"name": DOMAIN, "state": "shutoff", "memory_mib": 128, "vcpus": 1,
               "bridge": BRIDGE, "disk_mib": SIZE_MIB, "disk_format": "raw",
-              "boot": {"kernel": f"{IMAGES}/vmlinuz", "initrd": f"{IMAGES}/initrd.img",
-                       "cmdline": "console=ttyS0 panic=-1"},
+              "boot": GUEST_BOOT,
               "metadata": {"tenant": "segc", "network": "net", "vm": "c1"}}  # fmt: skip
         play = [{"hosts": SRC, "gather_facts": False,
                  "tasks": [{"multicloud.migration.vm": {"config": [vm]}}]}]  # fmt: skip
