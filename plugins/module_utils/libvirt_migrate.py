@@ -164,6 +164,11 @@ TCG_DIRTY_TRACKING_FIXED = (9, 0, 0)
 # not remove is reported (left_on_destination).
 CLEANUP_WAIT = 45
 PROBE_TIMEOUT = 5
+# ... but a destination whose port times out this many probes in a row is unreachable (a
+# cut link or a host down: no refusal comes back), not restarting its libvirtd: the module
+# stops waiting and reports what it left, which the playbooks then delete over their own
+# connection to the destination host (docs/migration.md, Faults).
+UNREACHABLE_PROBES = 2
 CLOSE_TIMEOUT = 10  # seconds closing the destination connection may take (it hangs on a cut link)
 # Client keepalive on the destination connection: a peer silent for about
 # KEEPALIVE_INTERVAL * (KEEPALIVE_COUNT + 1) s (link cut) closes the connection, so that every
@@ -1464,17 +1469,25 @@ class Migration:
         The first connection is tried first; when it broke (the destination's libvirtd was
         killed), a new one once the destination's port answers again (a service manager
         restarts libvirtd). A destination that does not answer (link cut) is not called
-        at all: a call on a connection whose peer is silent blocks until TCP gives up.
-        What is left is reported in ``left_on_destination``.
+        at all: a call on a connection whose peer is silent blocks until TCP gives up;
+        after UNREACHABLE_PROBES probes timed out in a row it is given up at once. What is
+        left is reported in ``left_on_destination``.
         """
         deadline = time.monotonic() + CLEANUP_WAIT
         conn: Any | None = self.dst
         why = ""
+        timeouts = 0
         for _attempt in range(int(CLEANUP_WAIT / 2) + 2):
             try:
                 probe_tcp(self.dst_uri, timeout=PROBE_TIMEOUT)
             except MigrationError as exc:
                 why = str(exc)
+                # socket.timeout is not TimeoutError before Python 3.10
+                silent = isinstance(exc.__cause__, (socket.timeout, TimeoutError))
+                timeouts = timeouts + 1 if silent else 0
+                if timeouts >= UNREACHABLE_PROBES:
+                    why += f" ({timeouts} probes in a row: unreachable)"
+                    break
             else:
                 finished, error = _bounded(
                     lambda c=conn: self._clean_with(c), max(deadline - time.monotonic(), 5),

@@ -149,6 +149,42 @@ def test_an_unreachable_destination_is_not_called_and_reported(fake, monkeypatch
     assert any("could not clean the destination" in w and PATH in w for w in job.warnings)
 
 
+def test_a_silent_destination_is_given_up_after_a_few_probes(fake, monkeypatch):
+    """Probes that time out (no refusal: a cut link) end the wait long before CLEANUP_WAIT;
+    refusals (libvirtd restarting) do not."""
+    probes: list[str] = []
+
+    def probe(uri: str, timeout: float = 10) -> None:
+        probes.append(uri)
+        try:
+            raise TimeoutError("timed out")
+        except TimeoutError as exc:
+            raise lm.MigrationError("cannot reach: timed out", phase="connect") from exc
+
+    monkeypatch.setattr(lm, "probe_tcp", probe)
+    monkeypatch.setattr(lm.time, "sleep", lambda s: None)
+    dst = Conn({PATH}, hang=True)
+    job = migration(dst)
+    job.clean_destination_bounded()
+    assert len(probes) == lm.UNREACHABLE_PROBES and dst.calls == 0
+    assert any(f"{lm.UNREACHABLE_PROBES} probes in a row: unreachable" in w and PATH in w
+               for w in job.warnings)  # fmt: skip
+
+    refused: list[str] = []
+
+    def refuse(uri: str, timeout: float = 10) -> None:
+        refused.append(uri)
+        try:
+            raise ConnectionRefusedError("refused")
+        except ConnectionRefusedError as exc:
+            raise lm.MigrationError("cannot reach: refused", phase="connect") from exc
+
+    monkeypatch.setattr(lm, "probe_tcp", refuse)
+    job = migration(Conn({PATH}, hang=True))
+    job.clean_destination_bounded()
+    assert len(refused) > lm.UNREACHABLE_PROBES, "a refusal is waited for until CLEANUP_WAIT"
+
+
 def test_a_hanging_cleanup_is_abandoned(fake, monkeypatch):
     monkeypatch.setattr(lm, "probe_tcp", lambda uri, timeout=10: None)
     monkeypatch.setattr(lm, "CLEANUP_WAIT", 0.3)
