@@ -13,12 +13,14 @@ APT_PACKAGES := podman runc containernetworking-plugins iptables uidmap debootst
 	qemu-utils qemu-system-x86 cpio kmod iproute2 dnsmasq-base libvirt-dev pkg-config gcc \
 	python3-dev python3-venv ca-certificates graphviz
 
-.PHONY: help deps apt-deps venv lab lab-down lab-clean lab-status demo test unit integration lint bench
+.PHONY: help deps apt-deps venv lab lab-down lab-clean lab-status demo test unit integration lint bench faults
 
 help:
 	@echo "make demo       install, build the lab, run the main job, print a summary"
 	@echo "make test       install, lint, unit tests, lab + integration tests"
 	@echo "make lab        build (cached) and start the lab; lab-down / lab-clean remove it"
+	@echo "make faults     the fault and soak matrix (outside make test; docs/lab.md)"
+	@echo "make bench      the benchmarks (outside make test; docs/performance.md)"
 
 deps: apt-deps venv
 
@@ -110,6 +112,14 @@ integration: lab
 # One pytest run, so its closing line counts everything.
 test: deps lint lab
 	$(PY) -m pytest --durations=30 tests/unit tests/integration
+
+# The fault and soak matrix (not part of make test, which runs the representative case of
+# each fault): the fault tests and the cases marked matrix (tests/integration/
+# test_fault_matrix_lab.py; MCM_SOAK_ROUNDS=N for a longer soak). About 15 min on an idle
+# 2-core lab; docs/lab.md records the last results with their date.
+faults: lab
+	$(PY) -m pytest --matrix --durations=0 -p no:cacheprovider \
+		tests/integration/test_migration_faults_lab.py tests/integration/test_fault_matrix_lab.py
 
 # Benchmarks (not part of make test; docs/performance.md): each prints our figure next to a
 # baseline measured in the same run, checks both reached the same end state and writes

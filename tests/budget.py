@@ -55,7 +55,8 @@ AREAS: tuple[Area, ...] = (
             "test_subnet_migration_loss_lab.py",
         ),
     ),
-    Area("faults", 240, ("test_migration_faults_lab.py",)),
+    # test_fault_matrix_lab.py: `make faults` only (marker matrix, deselected in make test)
+    Area("faults", 240, ("test_migration_faults_lab.py", "test_fault_matrix_lab.py")),
     Area(
         "overlay",
         100,

@@ -27,6 +27,24 @@ def _load_lab() -> None:
 _load_lab()
 
 
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption(
+        "--matrix", action="store_true", default=False,
+        help="also run the fault and soak matrix (marker matrix; `make faults`)",
+    )  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Without --matrix, the tests marked matrix are deselected: `make test` runs the
+    representative cases of each fault, `make faults` the whole matrix (docs/lab.md)."""
+    if config.getoption("--matrix"):
+        return
+    matrix = [item for item in items if item.get_closest_marker("matrix")]
+    if matrix:
+        config.hook.pytest_deselected(items=matrix)
+        items[:] = [item for item in items if not item.get_closest_marker("matrix")]
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Each area's test time against its line of the budget (tests/budget.py)."""
     import budget  # tests/ is on sys.path while pytest imports this conftest
