@@ -72,6 +72,9 @@ def read_marker(host: str) -> str:
 
 
 def test_cold_then_revert_then_cold_then_confirm(env, hosts):
+    """The whole cold cycle on one VM: cold, refusals while the row is open, revert --check,
+    revert (twice), cold again, confirm (twice), create_infra. Over 60 s (about 100 s):
+    fourteen playbook runs, two cold moves and a revert, each booting the guest again."""
     [out] = console("mcm-a1", COLD, f"echo {COLD}-marker > /mnt/disk/marker && sync")
     assert out["rc"] == 0, out
     mac = hosts["mcm-a1"].run("virsh domiflist %s", COLD).stdout.split()[-1]

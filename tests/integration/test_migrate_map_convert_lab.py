@@ -113,6 +113,8 @@ def marker(host: str, domain: str) -> str:
 
 
 def test_network_and_storage_map_land_the_vm_on_the_mapped_network_and_pool(env, hosts):
+    """Three refusals, the plan in check mode, the mapped cold move, confirm and a no-op
+    create_infra. About 60 s: eight playbook runs, one of them a cold move with a boot."""
     [out] = console("mcm-a1", MAPPED, f"echo {MAPPED}-marker > /mnt/disk/marker && sync")
     assert out["rc"] == 0, out
     mac = hosts["mcm-a1"].run("virsh domiflist %s", MAPPED).stdout.split()[-1]
@@ -179,6 +181,9 @@ def test_network_and_storage_map_land_the_vm_on_the_mapped_network_and_pool(env,
 
 
 def test_a_disk_converted_to_raw_and_back_keeps_what_the_guest_sees(env, hosts):
+    """vhdx refused, qcow2 -> raw on cloud_b, raw -> qcow2 back on cloud_a, each confirmed.
+    Over 60 s (about 70 s): two cold moves, each converting, checksumming the guest's view
+    on both ends and booting the guest, and seven playbook runs."""
     [out] = console("mcm-a2", CONVERTED, f"echo {CONVERTED}-marker > /mnt/disk/marker && sync")
     assert out["rc"] == 0, out
     first = len(ledger(env))

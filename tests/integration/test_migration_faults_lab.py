@@ -371,7 +371,10 @@ def test_link_cut_mid_migration(env, hosts, vm, phase):
     the stream in qemu (a TCP send, or an NBD read with nothing left to send). TCP would
     give up after ~15 min, or never: vm_migrate sees the destination stop answering
     (keepalive), aborts the job and cuts the source qemu's streams (docs/migration.md,
-    Faults). The playbook leaves tcp_retries2 as it is (null)."""
+    Faults). The playbook leaves tcp_retries2 as it is (null). Over 60 s (90-130 s): the
+    guest is filled first (random data written under TCG), the throttled job runs until
+    the phase, the keepalive takes ~20 s to see the silent peer, then the re-run moves the
+    VM."""
     src, domain = "mcm-a2", f"{TENANT}-{vm}"
     started = time.monotonic()
     marker = (prepare_guest(src, domain, memory_mib=0, disk_mib=12) if phase == "disk"
@@ -407,7 +410,8 @@ def test_link_cut_mid_migration(env, hosts, vm, phase):
 
 def test_destination_disk_full(env, hosts, pool_back):
     """Too small from the start: refused by the preflight. Filled while the guest writes
-    during the migration: the disk mirror fails. Then, unmounted, the move succeeds."""
+    during the migration: the disk mirror fails. Then, unmounted, the move succeeds. Over
+    60 s (about 80 s): three migrations, one throttled while the guest writes 24 MiB."""
     vm, src, domain = "d1", "mcm-a1", f"{TENANT}-d1"
     started = time.monotonic()
     marker = prepare_guest(src, domain)
@@ -448,7 +452,9 @@ def test_failure_after_the_cutover_is_recorded(env, hosts):
     """A step after the cutover fails (v1's eth0 is down, so it does not answer the
     verification's ping from its DHCP namespace): the VM runs on the destination and the
     placement says so, the ledger row is failed with what failed (not left running, which
-    would refuse every later migration of the tenant), and the next migration runs."""
+    would refuse every later migration of the tenant), and the next migration runs. Over
+    60 s: the verification waits its 30 s for the silent guest before it fails, and a
+    second migration moves the VM back."""
     vm, src, domain = "v1", "mcm-a1", f"{TENANT}-v1"
     mac = mac_on(hosts[src], domain)
     [down] = console(src, domain, "ip link set eth0 down")
