@@ -7,10 +7,12 @@ The module runs in the background on the source host (async_wrapper, as for a ta
 task's remote temporary directory unless the task names one). Every second (every half
 second during the first five) one ``cat`` - no Python started on the host - reads that
 file and async_wrapper's job file; a line is printed every ``progress_interval`` seconds.
-Once the job file says the module ended, its result is fetched with
-ansible.builtin.async_status (mode status), the job is cleaned up (mode cleanup), and the
-task's result is the module's own, without the async bookkeeping keys, so that success and
-failure look as they do without this plugin.
+Once the job file says the module ended, its result is the module's output that file
+holds, decoded as the task executor decodes a module's output (ansible.builtin.async_status
+is asked only when async_wrapper wrote the file itself: the module was killed or crashed);
+the job's file is removed in one command, and the task's result is the module's own,
+without the async bookkeeping keys, so that success and failure look as they do without
+this plugin.
 
 Without progress lines (the module in the foreground, like ansible.builtin.normal): check
 mode, a task that sets ``async`` itself, or ``progress_interval: 0``.
@@ -232,9 +234,9 @@ class ActionModule(ActionBase):
         progress_file: str,
     ) -> dict[str, Any] | None:
         """Until the job ends: every TICK seconds one ``cat`` of the progress file and of
-        the job's file, and a progress line every ``interval`` seconds; then the result from
-        async_status. Bounded by ``limit`` + POLL_GRACE seconds; None when the job never
-        ended."""
+        the job's file, and a progress line every ``interval`` seconds; then the module's
+        result from the job's file (from async_status when async_wrapper wrote it). Bounded
+        by ``limit`` + POLL_GRACE seconds; None when the job never ended."""
         tick = min(interval, TICK)
         begun = time.monotonic()
         deadline = begun + limit + POLL_GRACE
@@ -259,9 +261,11 @@ class ActionModule(ActionBase):
             job = parse_progress(job_text)
             unread = 0 if job is not None else unread + 1
             if job is not None and job_finished(job) and "started" not in job:
-                # the module's own result, as async_wrapper wrote it (atomically): what
+                # the module's own output, as async_wrapper wrote it (atomically): what
                 # async_status would return, without running it
-                return {**job, "finished": True, "ansible_job_id": jid}
+                decoded = self._decode_output(job_text or "")
+                if decoded is not None:
+                    return {**decoded, "finished": True, "ansible_job_id": jid}
             if job_finished(job) or unread >= MAX_UNREAD:
                 return self._final_status(jid, async_dir, task_vars)
             now = time.monotonic()
@@ -280,6 +284,17 @@ class ActionModule(ActionBase):
             display.display(line, stderr=self._json_stdout())
             last_line = now
         return None
+
+    def _decode_output(self, text: str) -> dict[str, Any] | None:
+        """A module's output decoded as ActionBase decodes it after a run (ansible-core
+        2.19 and later: the module serialization profile's tags, such as its warnings);
+        None when it does not parse."""
+        res = {"stdout": text, "stderr": "", "rc": 0}
+        try:
+            data = self._parse_returned_data(res, "legacy")  # the profile of our modules
+        except TypeError:  # ansible-core before 2.19: no profile
+            data = self._parse_returned_data(res)  # pylint: disable=no-value-for-parameter
+        return data if data.get("_ansible_parsed") else None
 
     def _final_status(self, jid: str, async_dir: str, task_vars: dict[str, Any]) -> dict:
         """async_status (mode status) of an ended job: the module's result."""

@@ -99,6 +99,8 @@ CONF_SETTINGS = (
     ("qemu_conf", "migrate_tls_x509_cert_dir", '"/etc/pki/qemu"'),
     ("qemu_conf", "migrate_tls_x509_verify", "1"),
 )
+# Where ansible.posix.sysctl (the role's TCP settings) keeps the values for the next boot.
+SYSCTL_FILE = "/etc/sysctl.conf"
 # Under systemd socket activation libvirtd ignores listen_tls: this socket must be enabled.
 SYSTEMD_DIR = "/run/systemd/system"
 TLS_SOCKET_UNIT = "/usr/lib/systemd/system/libvirtd-tls.socket"
@@ -267,6 +269,15 @@ def check_ca(pki_dir: str, expected: ExpectedCa,
         if why:
             problems.append(f"{os.path.join(pki_dir, CA_KEY)}: {why}")
             key = None
+    if CA_CSR in contents:
+        csr_path = os.path.join(pki_dir, CA_CSR)
+        try:
+            csr = x509.load_pem_x509_csr(contents[CA_CSR])
+        except ValueError:
+            problems.append(f"{csr_path}: not a readable certificate signing request")
+        else:
+            if key is not None and public_der(csr.public_key()) != public_der(key.public_key()):  # type: ignore[attr-defined]
+                problems.append(f"{csr_path}: not a request of {CA_KEY}")
     cert = load_certificate(contents[CA_CERT]) if CA_CERT in contents else None
     cert_path = os.path.join(pki_dir, CA_CERT)
     if CA_CERT in contents and cert is None:
@@ -281,6 +292,12 @@ def check_ca(pki_dir: str, expected: ExpectedCa,
             problems.append(f"{cert_path}: not the certificate of {CA_KEY}")
         if not signed_by(cert, cert):
             problems.append(f"{cert_path}: not self-signed")
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            problems.append(f"{cert_path}: not a CA certificate (basicConstraints CA:TRUE)")
         if not_after(cert) <= (now or datetime.datetime.now(UTC)):
             problems.append(f"{cert_path}: expired on {not_after(cert):%Y-%m-%d}")
     pem = contents[CA_CERT].decode("ascii", "replace") if cert is not None else ""
@@ -451,9 +468,17 @@ def check(
 
 
 def sysctl_problems(layout: Layout, wanted: dict[str, str]) -> list[str]:
-    """Each sysctl whose value (/proc/sys) is not the wanted one."""
+    """Each sysctl whose value (/proc/sys) is not the wanted one, or that SYSCTL_FILE
+    (where the role's ansible.posix.sysctl writes it) does not set to it: lost at boot."""
     problems = []
+    conf = read(layout.at(SYSCTL_FILE))
+    conf_text = conf.decode("utf-8", "replace") if conf is not None else ""
     for name, value in sorted(wanted.items()):
+        saved = conf_value(conf_text, name)
+        if saved is None or " ".join(saved.split()) != " ".join(str(value).split()):
+            problems.append(f"{layout.at(SYSCTL_FILE)}: {name} "
+                            f"{'is ' + saved if saved is not None else 'is not set'}, "
+                            f"want {value} (the value at boot)")  # fmt: skip
         path = layout.at("/proc/sys/" + name.replace(".", "/"))
         try:
             with open(path, encoding="ascii") as handle:

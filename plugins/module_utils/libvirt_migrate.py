@@ -1489,6 +1489,7 @@ class Migration:
                     why += f" ({timeouts} probes in a row: unreachable)"
                     break
             else:
+                timeouts = 0
                 finished, error = _bounded(
                     lambda c=conn: self._clean_with(c), max(deadline - time.monotonic(), 5),
                     f"clean-{self.name}",
@@ -1534,14 +1535,15 @@ class Migration:
             bandwidth_mib=self.opts.bandwidth_mib,
             disks=[d["target"] for d in copied] if copied else None,
         )
+        seconds = self.opts.guest_watch_s
+        if seconds is None:  # before the job and the watch: these calls may fail
+            seconds = guest_watch_seconds(parse_domain(dom.XMLDesc(0))["domain_type"],
+                                          hypervisor_version(self.src))  # fmt: skip
         started = time.monotonic()
         watch = None
         if self.opts.guest_watch_s != 0:
             watch = GuestResetWatch(self.dst, self.name)
-            watch.seconds = self.opts.guest_watch_s
-            if watch.seconds is None:
-                watch.seconds = guest_watch_seconds(parse_domain(dom.XMLDesc(0))["domain_type"],
-                                                    hypervisor_version(self.src))  # fmt: skip
+            watch.seconds = seconds
         try:
             for disk in copied:
                 self.create_volume(disk, disk["format"], int(disk["capacity_bytes"] or 0))

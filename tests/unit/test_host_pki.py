@@ -508,11 +508,21 @@ def test_sysctls_other_than_wanted_are_problems(issued, ca):
         handle.write("15\n")
     with open(os.path.join(proc, "tcp_notsent_lowat"), "w") as handle:
         handle.write("16384\n")
+    conf = issued.at("/etc/sysctl.conf")
+    os.makedirs(os.path.dirname(conf), exist_ok=True)
+    with open(conf, "w") as handle:
+        handle.write("# kept\nnet.ipv4.tcp_retries2=15\nnet.ipv4.tcp_notsent_lowat = 16384\n")
     wanted = {"net.ipv4.tcp_retries2": "5", "net.ipv4.tcp_notsent_lowat": "16384"}
-    only(check(issued, expected(ca[1], sysctls=wanted)), "sysctl net.ipv4.tcp_retries2: 15, want 5")
+    only(check(issued, expected(ca[1], sysctls=wanted)), "sysctl net.ipv4.tcp_retries2: 15, want 5",
+         "sysctl.conf: net.ipv4.tcp_retries2 is 15, want 5 (the value at boot)")  # fmt: skip
     assert check(issued, expected(ca[1], sysctls={"net.ipv4.tcp_notsent_lowat": "16384"})) == []
     only(check(issued, expected(ca[1], sysctls={"net.ipv4.nope": "1"})),
-         "sysctl net.ipv4.nope: cannot be read")  # fmt: skip
+         "sysctl net.ipv4.nope: cannot be read", "net.ipv4.nope is not set")  # fmt: skip
+    # the running value right, the file without it: lost at the next boot
+    with open(conf, "w") as handle:
+        handle.write("")
+    only(check(issued, expected(ca[1], sysctls={"net.ipv4.tcp_notsent_lowat": "16384"})),
+         "sysctl.conf: net.ipv4.tcp_notsent_lowat is not set, want 16384")  # fmt: skip
 
 
 # --- the CA on the state host (state=ca) ------------------------------------------------------
@@ -521,7 +531,7 @@ CA_NAME, CA_ORG = "mcm test CA", "multicloud.migration"
 
 
 def write_ca(directory, *, cn: str = CA_NAME, days: int = 3650, key_size: int = KEY_SIZE,
-             other_key: bool = False) -> None:  # fmt: skip
+             other_key: bool = False, ca: bool = True) -> None:  # fmt: skip
     """The files the role's CA tasks make (community.crypto): key, request, certificate."""
     directory.mkdir(mode=0o700, exist_ok=True)
     os.chmod(directory, 0o700)
@@ -536,7 +546,7 @@ def write_ca(directory, *, cn: str = CA_NAME, days: int = 3650, key_size: int = 
         .public_key(signer.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(NOW - datetime.timedelta(days=2))
         .not_valid_after(NOW + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .sign(signer, hashes.SHA256())
     )  # fmt: skip
     for name, data, mode in (
@@ -574,11 +584,21 @@ def test_a_missing_ca_is_one_problem(tmp_path):
     ({"cn": "another CA"}, "CN=another CA, want CN=mcm test CA"),
     ({"days": -1}, "expired on"),
     ({"other_key": True}, "not the certificate of ca-key.pem"),
+    ({"ca": False}, "not a CA certificate"),
 ])  # fmt: skip
 def test_a_wrong_ca_certificate(tmp_path, change, needle):
     write_ca(tmp_path / "pki", **change)
     _pem, problems = check_ca(tmp_path / "pki")
     assert any(needle in p for p in problems), problems
+
+
+def test_a_request_of_another_key(tmp_path):
+    write_ca(tmp_path / "pki")
+    other = tmp_path / "other"
+    write_ca(other)
+    (tmp_path / "pki" / "ca.csr").write_bytes((other / "ca.csr").read_bytes())
+    _pem, problems = check_ca(tmp_path / "pki")
+    only(problems, "ca.csr: not a request of ca-key.pem")
 
 
 def test_a_ca_key_of_another_size_and_loose_modes(tmp_path):

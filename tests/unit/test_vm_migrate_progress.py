@@ -430,7 +430,7 @@ def test_action_prints_lines_and_returns_the_module_result(clock, shown):
     host = FakeHost(5, final, records)
     act, task, launched = plugin({"name": "vm1", "destination": "b1", "timeout": 30}, host)
     result = act._with_progress(dict(task.args), 2.0, {"inventory_hostname": "a1"})
-    assert result == final
+    assert result == {**final, "_ansible_parsed": True}  # decoded as a module's output
     assert launched["wrap"] and launched["async_val"] == 30 + 60 + action.ASYNC_MARGIN
     assert launched["args"]["progress_file"].endswith("/" + action.PROGRESS_NAME)
     assert task.async_val == 0, "the task executor must not poll again"
@@ -454,8 +454,28 @@ def test_action_failure_is_the_module_failure(clock, shown):
         {"name": "vm1", "destination": "b1", "progress_file": "/tmp/p.json"}, host
     )
     result = act._with_progress(dict(task.args), 3.0, {"inventory_hostname": "a1"})
-    assert result == final and not shown
+    # decoded as a module's output: a failure also carries its error summary (exception)
+    decoded = {k: v for k, v in result.items() if k not in ("exception", "_ansible_parsed")}
+    assert decoded == final and not shown
     assert host.status_calls == [] and "rm -f /root/.ansible_async/j1 /tmp/p.json" in host.commands
+
+
+def test_the_job_files_output_is_decoded_as_a_modules_output(clock, shown):
+    """A warning as the module wrote it (ansible-core 2.19's legacy profile tags it) comes
+    back as the task executor gets it from any module, not as the tagged dict."""
+    from ansible.module_utils._internal import _messages
+    from ansible.module_utils.common.json import Direction, get_module_encoder
+
+    encoder = get_module_encoder("legacy", Direction.MODULE_TO_CONTROLLER)
+    warning = _messages.WarningSummary(event=_messages.Event(msg="VM vm1: careful"))
+    final = json.loads(json.dumps({"changed": True, "warnings": [warning]}, cls=encoder))
+    assert final["warnings"][0]["__ansible_type"] == "WarningSummary"  # what the file holds
+    host = FakeHost(0, final, [])
+    act, task, _launched = plugin({"name": "vm1", "destination": "b1"}, host)
+    result = act._with_progress(dict(task.args), 3.0, {"inventory_hostname": "a1"})
+    assert host.status_calls == []
+    [got] = result["warnings"]
+    assert isinstance(got, _messages.WarningSummary) and got.event.msg == "VM vm1: careful"
 
 
 def test_action_asks_async_status_when_async_wrapper_reports_the_end(clock, shown):
