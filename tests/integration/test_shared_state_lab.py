@@ -191,7 +191,9 @@ def test_a_second_migration_of_the_tenant_is_refused_and_a_run_is_aborted_from_t
     env, hosts
 ):
     """A slow live move of x1 from copy A; from copy B a move of k1 is refused naming A's
-    row and changes nothing on any host; then B aborts A's move while its job runs."""
+    row and changes nothing on any host; then B aborts A's move while its job runs. About
+    60 s: the guest's memory is filled first and the move is throttled (2 MiB/s) so that
+    the refusal and the abort find it running; then A's failure path and B's abort end."""
     a, b = env["a"], env["b"]
     # 40 MiB of random data in the guest's memory at 2 MiB/s cannot finish before the abort
     [out] = console("mcm-a1", "mss-x1", "head -c 41943040 /dev/urandom > /dev/shm/fill; echo ok",
