@@ -173,6 +173,11 @@ def public_der(public_key: object) -> bytes:
     )
 
 
+def same_key(one: object, other: object) -> bool:
+    """Whether two keys, certificates or requests hold the same public key."""
+    return public_der(one.public_key()) == public_der(other.public_key())  # type: ignore[attr-defined]
+
+
 def key_problem(key: object | None, key_size: int) -> str | None:
     """Why this key is not the wanted one (None: it is an RSA key of ``key_size`` bits)."""
     if key is None:
@@ -276,7 +281,7 @@ def check_ca(pki_dir: str, expected: ExpectedCa,
         except ValueError:
             problems.append(f"{csr_path}: not a readable certificate signing request")
         else:
-            if key is not None and public_der(csr.public_key()) != public_der(key.public_key()):  # type: ignore[attr-defined]
+            if key is not None and not same_key(csr, key):
                 problems.append(f"{csr_path}: not a request of {CA_KEY}")
     cert = load_certificate(contents[CA_CERT]) if CA_CERT in contents else None
     cert_path = os.path.join(pki_dir, CA_CERT)
@@ -288,7 +293,7 @@ def check_ca(pki_dir: str, expected: ExpectedCa,
                 or subject.get(NameOID.ORGANIZATION_NAME) != expected.organization):  # fmt: skip
             problems.append(f"{cert_path}: subject {cert.subject.rfc4514_string()}, want CN="
                             f"{expected.common_name}, O={expected.organization}")  # fmt: skip
-        if key is not None and public_der(cert.public_key()) != public_der(key.public_key()):  # type: ignore[attr-defined]
+        if key is not None and not same_key(cert, key):
             problems.append(f"{cert_path}: not the certificate of {CA_KEY}")
         if not signed_by(cert, cert):
             problems.append(f"{cert_path}: not self-signed")
@@ -474,8 +479,9 @@ def sysctl_problems(layout: Layout, wanted: dict[str, str]) -> list[str]:
     conf = read(layout.at(SYSCTL_FILE))
     conf_text = conf.decode("utf-8", "replace") if conf is not None else ""
     for name, value in sorted(wanted.items()):
+        want = " ".join(str(value).split())
         saved = conf_value(conf_text, name)
-        if saved is None or " ".join(saved.split()) != " ".join(str(value).split()):
+        if saved is None or " ".join(saved.split()) != want:
             problems.append(f"{layout.at(SYSCTL_FILE)}: {name} "
                             f"{'is ' + saved if saved is not None else 'is not set'}, "
                             f"want {value} (the value at boot)")  # fmt: skip
@@ -486,7 +492,7 @@ def sysctl_problems(layout: Layout, wanted: dict[str, str]) -> list[str]:
         except OSError as exc:
             problems.append(f"sysctl {name}: cannot be read ({exc.strerror})")
             continue
-        if now != " ".join(str(value).split()):
+        if now != want:
             problems.append(f"sysctl {name}: {now}, want {value}")
     return problems
 
@@ -544,7 +550,7 @@ def _certificate_problems(
     wrong = key_problem(key, expected.key_size)
     if wrong:
         problems.append(f"{key_path}: {wrong}")
-    elif key and cert and public_der(key.public_key()) != public_der(cert.public_key()):  # type: ignore[attr-defined]
+    elif key and cert and not same_key(key, cert):
         problems.append(f"{key_path}: does not match the certificate {cert_path}")
     return problems
 
@@ -685,7 +691,7 @@ def install(layout: Layout, certificate: str | None, ca_pem: str, check_mode: bo
             f"({ca.subject.rfc4514_string()}): have that CA sign this host's request "
             "(state=request)"
         )
-    if public_der(key.public_key()) != public_der(cert.public_key()):
+    if not same_key(key, cert):
         raise PkiError(
             f"{host}: the certificate for {cert_path} does not match the private key "
             f"{key_path} (it was signed for another key, or for an older request): have the "

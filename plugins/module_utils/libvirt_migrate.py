@@ -796,7 +796,6 @@ class GuestResetWatch:
         self.conn = conn
         self.events: list[tuple[float, str]] = []
         self.ids: list[int] = []
-        self.seconds: float | None = None  # how long to wait after the job (wait's caller)
         self.active = "thread" in _EVENT_LOOP
         if not self.active:
             return
@@ -1540,10 +1539,7 @@ class Migration:
             seconds = guest_watch_seconds(parse_domain(dom.XMLDesc(0))["domain_type"],
                                           hypervisor_version(self.src))  # fmt: skip
         started = time.monotonic()
-        watch = None
-        if self.opts.guest_watch_s != 0:
-            watch = GuestResetWatch(self.dst, self.name)
-            watch.seconds = seconds
+        watch = GuestResetWatch(self.dst, self.name) if self.opts.guest_watch_s != 0 else None
         try:
             for disk in copied:
                 self.create_volume(disk, disk["format"], int(disk["capacity_bytes"] or 0))
@@ -1560,7 +1556,7 @@ class Migration:
             self._fail_live(error, started)
             raise error
         wall_ms = round((time.monotonic() - started) * 1000)
-        guest_resets = self._guest_resets(watch)
+        guest_resets = self._guest_resets(watch, seconds)
         dst_dom = lookup_domain(self.dst, self.name)
         stats: dict[str, Any] = {}
         for candidate in (dst_dom, lookup_domain(self.src, self.name)):
@@ -1593,13 +1589,14 @@ class Migration:
             "source_disks_left": [d["path"] for d in copied],
         }
 
-    def _guest_resets(self, watch: GuestResetWatch | None) -> list[dict[str, Any]]:
+    def _guest_resets(self, watch: GuestResetWatch | None, seconds: float) -> list[dict[str, Any]]:
         """The guest's resets and crashes on the destination during the job and the
-        ``guest_watch_s`` after it, each also as a warning."""
+        ``seconds`` after it (guest_watch_s, or guest_watch_seconds), each also as a
+        warning."""
         if watch is None:
             return []
         try:
-            events = watch.wait(watch.seconds, time.monotonic())
+            events = watch.wait(seconds, time.monotonic())
         finally:
             watch.close()
         if not watch.active:

@@ -149,19 +149,24 @@ def test_an_unreachable_destination_is_not_called_and_reported(fake, monkeypatch
     assert any("could not clean the destination" in w and PATH in w for w in job.warnings)
 
 
+def failing_probe(error: OSError, calls: list[str]):
+    """probe_tcp failing as it does for a socket that raised ``error`` (its cause)."""
+
+    def probe(uri: str, timeout: float = 10) -> None:
+        calls.append(uri)
+        try:
+            raise error
+        except OSError as exc:
+            raise lm.MigrationError(f"cannot reach: {exc}", phase="connect") from exc
+
+    return probe
+
+
 def test_a_silent_destination_is_given_up_after_a_few_probes(fake, monkeypatch):
     """Probes that time out (no refusal: a cut link) end the wait long before CLEANUP_WAIT;
     refusals (libvirtd restarting) do not."""
     probes: list[str] = []
-
-    def probe(uri: str, timeout: float = 10) -> None:
-        probes.append(uri)
-        try:
-            raise TimeoutError("timed out")
-        except TimeoutError as exc:
-            raise lm.MigrationError("cannot reach: timed out", phase="connect") from exc
-
-    monkeypatch.setattr(lm, "probe_tcp", probe)
+    monkeypatch.setattr(lm, "probe_tcp", failing_probe(TimeoutError("timed out"), probes))
     monkeypatch.setattr(lm.time, "sleep", lambda s: None)
     dst = Conn({PATH}, hang=True)
     job = migration(dst)
@@ -171,15 +176,7 @@ def test_a_silent_destination_is_given_up_after_a_few_probes(fake, monkeypatch):
                for w in job.warnings)  # fmt: skip
 
     refused: list[str] = []
-
-    def refuse(uri: str, timeout: float = 10) -> None:
-        refused.append(uri)
-        try:
-            raise ConnectionRefusedError("refused")
-        except ConnectionRefusedError as exc:
-            raise lm.MigrationError("cannot reach: refused", phase="connect") from exc
-
-    monkeypatch.setattr(lm, "probe_tcp", refuse)
+    monkeypatch.setattr(lm, "probe_tcp", failing_probe(ConnectionRefusedError("refused"), refused))
     job = migration(Conn({PATH}, hang=True))
     job.clean_destination_bounded()
     assert len(refused) > lm.UNREACHABLE_PROBES, "a refusal is waited for until CLEANUP_WAIT"
