@@ -23,14 +23,16 @@ import time
 import pytest
 import test_migration_faults_lab as faults
 from test_migration_faults_lab import (
-    BANDWIDTH_MIB,
     DST,
+    KERNEL_TCP_RETRIES,
     NFT_TABLE,
     SPEC_IPS,
     TENANT,
+    THROTTLED,
     answers,
     assert_rerun_moves,
     assert_rolled_back,
+    background_migration,
     cut_link,
     disk_marker,
     finish,
@@ -38,7 +40,6 @@ from test_migration_faults_lab import (
     migrate,
     prepare_guest,
     start_libvirtd,
-    start_migration,
     wait_for_phase,
 )
 
@@ -61,16 +62,11 @@ def test_destination_libvirtd_killed_during_the_disk_mirror(env, hosts, libvirtd
     domain = f"{TENANT}-{vm}"
     marker = prepare_guest(src, domain, memory_mib=0, disk_mib=12)
     mac = mac_on(hosts[src], domain)
-    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
-    try:
+    with background_migration(env, vm, *THROTTLED) as proc:
         wait_for_phase(proc, hosts[src], domain, "disk")
         assert hosts[DST].run("pkill -KILL -x libvirtd").rc == 0
         start_libvirtd(hosts[DST], libvirtd_back)
         rc, data, _err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
     assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
                        reason="migration failed")  # fmt: skip
     assert_rerun_moves(env, hosts, vm, marker, mac)
@@ -82,17 +78,13 @@ def test_link_cut_as_soon_as_the_job_runs(env, hosts, topology):
     domain = f"{TENANT}-{vm}"
     marker = prepare_guest(src, domain, memory_mib=0, disk_mib=12)
     mac = mac_on(hosts[src], domain)
-    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300",
-                           "-e", '{"migration_tls_tcp_retries2": null}')  # fmt: skip
-    try:
-        wait_for_phase(proc, hosts[src], domain, "job")
-        cut_link(hosts[DST], str(topology.host(src).wan_ip))
-        rc, data, _err = finish(proc)
-    finally:
-        hosts[DST].run("nft delete table inet %s", NFT_TABLE)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
+    with background_migration(env, vm, *THROTTLED, *KERNEL_TCP_RETRIES) as proc:
+        try:
+            wait_for_phase(proc, hosts[src], domain, "job")
+            cut_link(hosts[DST], str(topology.host(src).wan_ip))
+            rc, data, _err = finish(proc)
+        finally:  # the link back before the playbook is killed
+            hosts[DST].run("nft delete table inet %s", NFT_TABLE)
     assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
                        reason="the destination stopped answering")  # fmt: skip
     assert_rerun_moves(env, hosts, vm, marker, mac)

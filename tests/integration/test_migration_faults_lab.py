@@ -24,10 +24,12 @@ runs at most.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -68,6 +70,10 @@ DHCP_NS = "qdhcp-mft.net"
 POOL_DIR = "/var/lib/mcm/vms"
 FILL_MIB = 40  # random data in the guest's memory
 BANDWIDTH_MIB = 2
+# a migration slow enough to be hit by a fault, given 300 s to run
+THROTTLED = ("-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
+# the link-cut tests: tcp_retries2 left as the kernel has it (the fixture kernel_tcp_retries)
+KERNEL_TCP_RETRIES = ("-e", '{"migration_tls_tcp_retries2": null}')
 NFT_TABLE = "mft_fault"
 TMPFS = "mft-full"  # the source name of the tmpfs mounted over the destination's pool
 MEASURED: dict[str, dict[str, float]] = {}
@@ -128,6 +134,18 @@ def start_migration(env, vm: str, *args: str) -> subprocess.Popen:
             "-e", "mode=live-block", *args]  # fmt: skip
     return subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+@contextlib.contextmanager
+def background_migration(env, vm: str, *args: str) -> Iterator[subprocess.Popen]:
+    """start_migration's process, killed on the way out if it still runs (a failed test)."""
+    proc = start_migration(env, vm, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 540) -> tuple[int, dict, str]:
@@ -342,17 +360,12 @@ def test_destination_libvirtd_killed_mid_migration(env, hosts, libvirtd_back):
     started = time.monotonic()
     marker = prepare_guest(src, domain)
     mac = mac_on(hosts[src], domain)
-    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
-    try:
+    with background_migration(env, vm, *THROTTLED) as proc:
         wait_for_phase(proc, hosts[src], domain, "job")
         assert hosts[DST].run("pkill -KILL -x libvirtd").rc == 0
         time.sleep(5)
         start_libvirtd(hosts[DST], libvirtd_back)
         rc, data, _err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
     failed_at = time.monotonic()
     assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
                        reason="migration failed")  # fmt: skip
@@ -381,21 +394,18 @@ def test_link_cut_mid_migration(env, hosts, vm, phase):
               else prepare_guest(src, domain))  # fmt: skip
     mac = mac_on(hosts[src], domain)
     peer = str(env["topology"].host(src).wan_ip)
-    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300",
-                           "-e", '{"migration_tls_tcp_retries2": null}')  # fmt: skip
-    try:
-        wait_for_phase(proc, hosts[src], domain, phase)
-        cut_link(hosts[DST], peer)
-        info = hosts[src].run("virsh domjobinfo %s", domain).stdout
-        if phase == "disk":
-            memory = re.search(r"^Memory processed:\s+([\d.]+)", info, re.M)
-            assert not memory or float(memory.group(1)) == 0, f"cut after the disk mirror:\n{info}"
-        rc, data, err = finish(proc)
-    finally:
-        hosts[DST].run("nft delete table inet %s", NFT_TABLE)
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
+    with background_migration(env, vm, *THROTTLED, *KERNEL_TCP_RETRIES) as proc:
+        try:
+            wait_for_phase(proc, hosts[src], domain, phase)
+            cut_link(hosts[DST], peer)
+            info = hosts[src].run("virsh domjobinfo %s", domain).stdout
+            if phase == "disk":
+                memory = re.search(r"^Memory processed:\s+([\d.]+)", info, re.M)
+                assert not memory or float(memory.group(1)) == 0, (
+                    f"cut after the disk mirror:\n{info}")  # fmt: skip
+            rc, data, err = finish(proc)
+        finally:  # the link back before the playbook is killed
+            hosts[DST].run("nft delete table inet %s", NFT_TABLE)
     failed_at = time.monotonic()
     assert hosts[src].run("sysctl -n net.ipv4.tcp_retries2").stdout.strip() == "15"
     assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
@@ -425,17 +435,12 @@ def test_destination_disk_full(env, hosts, pool_back):
 
     # room for the disk as it is, not for 24 MiB more that the guest writes meanwhile
     mount_small_pool(hosts[DST], "8m")
-    proc = start_migration(env, vm, "-e", f"bandwidth_mib={BANDWIDTH_MIB}", "-e", "timeout=300")
-    try:
+    with background_migration(env, vm, *THROTTLED) as proc:
         wait_for_phase(proc, hosts[src], domain, "job")
         [wrote] = console(src, domain, "dd if=/dev/urandom of=/mnt/disk/fill bs=1M count=24 "
                           "2>&1; sync; rm -f /mnt/disk/fill; sync", timeout=240)  # fmt: skip
         assert wrote["rc"] == 0, wrote
         rc, data, _err = finish(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate(timeout=30)
     failed_at = time.monotonic()
     unmount_pool(hosts[DST])
     assert_rolled_back(env, hosts, vm, src, rc=rc, data=data, mac=mac, marker=marker,
